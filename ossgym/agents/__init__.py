@@ -1,0 +1,1 @@
+"""The gpt-oss agent (gptoss/) and the GRPO adapter (grpo.py)."""

@@ -1,0 +1,1 @@
+"""Code-as-action tasks: prompt -> completion -> sandboxed run -> verified reward."""
