@@ -117,3 +117,10 @@ def test_wrong_source_hash_is_refused(monkeypatch):
     monkeypatch.setattr(gt, "O200K_SHA256", "0" * 64)
     with pytest.raises(TokenizerError, match="sha256"):
         gt.o200k_ranks()
+
+
+def test_cache_folder_follows_ossgym_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("OSSGYM_CACHE", str(tmp_path))
+    assert gt.default_tokenizer_dir() == tmp_path / "tokenizer" / "gpt-oss"
+    monkeypatch.delenv("OSSGYM_CACHE")
+    assert gt.default_tokenizer_dir().parts[-4:] == (".cache", "ossgym", "tokenizer", "gpt-oss")
