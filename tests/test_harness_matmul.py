@@ -1,5 +1,6 @@
 """The trusted matmul harness, driven by a fake sandbox ctx, and the trusted helpers its caller uses."""
 
+import copy
 import math
 
 import numpy as np
@@ -15,6 +16,7 @@ from ossgym.envs.code.harness_matmul import (
     make_payload,
     naive_matmul,
     speed_inputs,
+    verify_result,
 )
 
 SHAPE = (6, 5, 4)
@@ -35,19 +37,9 @@ def run(fn, seed=1, trials=4, shape=SHAPE, ctx_kwargs=None):
 
 
 def caller_verdict(out, cases, payload):
-    """What the trusted caller does with the plain result: its own reference, trusted value on the left."""
-    for case, (A, B) in zip(out["cases"], cases):
-        if case["status"] != "ok" or check_matrix(case["value"], len(A), len(B[0]) if B else 0) is not None:
-            return False
-        if not compare(naive_matmul(A, B), case["value"], A, B)[0]:
-            return False
-    sp = payload["speed"]
-    trials = out["speed"]["trials"]
-    if out["speed"]["stopped"] is not None or len(trials) != sp["trials"]:
-        return False
-    return all(
-        check_speed_samples(sp["seed"], tuple(sp["shape"]), t, sp["positions"], trial["samples"]) for t, trial in enumerate(trials)
-    )
+    """What the trusted caller does with the plain result."""
+    correct, fast_ok, _why = verify_result(out, cases, payload)
+    return correct and fast_ok
 
 
 def test_correct_function_passes_everything():
@@ -278,3 +270,22 @@ def test_speed_inputs_deterministic_and_distinct():
     a = speed_inputs(3, 0, (4, 3, 2))
     assert a == speed_inputs(3, 0, (4, 3, 2)) and a != speed_inputs(3, 1, (4, 3, 2))
     assert len(a[0]) == 4 and len(a[0][0]) == 3 and len(a[1]) == 3 and len(a[1][0]) == 2
+
+
+def test_verify_result_reasons():
+    cases = correctness_cases(1)
+    payload = make_payload(cases, speed_seed=3, trials=2, shape=SHAPE)
+    good = harness(zip_matmul, payload, FakeCtx(zip_matmul))
+    assert verify_result(good, cases, payload) == (True, True, "correct, speed trials verified")
+    assert verify_result(None, cases, payload)[:2] == (False, False)
+    assert verify_result({"cases": good["cases"][:-1]}, cases, payload)[:2] == (False, False)
+    forged = copy.deepcopy(good)
+    forged["cases"][0]["value"][0][0] += 1.0
+    ok, _, why = verify_result(forged, cases, payload)
+    assert not ok and "case 0" in why and "wrong result" in why
+    slow = copy.deepcopy(good)
+    slow["speed"]["trials"][1]["samples"][0] += 1.0
+    assert verify_result(slow, cases, payload)[:2] == (True, False)
+    partial = copy.deepcopy(good)
+    partial["speed"]["trials"].pop()
+    assert verify_result(partial, cases, payload)[:2] == (True, False)

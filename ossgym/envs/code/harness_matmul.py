@@ -44,6 +44,7 @@ __all__ = [
     "check_matrix",
     "compare",
     "check_speed_samples",
+    "verify_result",
     "DEFAULT_RTOL",
 ]
 
@@ -180,6 +181,42 @@ def check_speed_samples(
         except OverflowError:
             return False
     return True
+
+
+def verify_result(result: Any, cases: list[tuple[list[list[float]], list[list[float]]]], payload: dict) -> tuple[bool, bool, str]:
+    """Caller side: (all cases correct, speed trials all verified, reason) for a harness result.
+
+    Re-checks every case against the caller's own :func:`naive_matmul` (exact types and shape first) and
+    every speed trial's samples against :func:`speed_inputs`; trusts nothing but ``result``'s plain values.
+    """
+    if type(result) is not dict or type(result.get("cases")) is not list or len(result["cases"]) != len(cases):
+        return False, False, "the evaluation did not return a result for every case"
+    rtol = payload["rtol"]
+    for index, (record, (A, B)) in enumerate(zip(result["cases"], cases)):
+        if type(record) is not dict or record.get("status") != "ok":
+            status = record.get("status") if type(record) is dict else "missing"
+            detail = record.get("detail", "") if type(record) is dict else ""
+            return False, False, f"case {index}: {status} {detail}".strip()
+        rows, cols = _shape(A, B)
+        why = check_matrix(record.get("value"), rows, cols)
+        if why is not None:
+            return False, False, f"case {index}: {why}"
+        ok, err = compare(naive_matmul(A, B), record["value"], A, B, rtol)
+        if not ok:
+            return False, False, f"case {index} ({rows}x{len(B)} times {len(B)}x{cols}): wrong result (max relative error {err:.3g})"
+    sp, speed = payload.get("speed"), result.get("speed")
+    if sp is None:
+        return True, False, "correct (no speed trials requested)"
+    if type(speed) is not dict or speed.get("stopped") is not None or type(speed.get("trials")) is not list:
+        why = speed.get("detail", "") if type(speed) is dict else "no speed result"
+        return True, False, f"correct, but the speed trials stopped: {why}"
+    trials = speed["trials"]
+    if len(trials) != sp["trials"]:
+        return True, False, f"correct, but only {len(trials)} of {sp['trials']} speed trials ran"
+    for t, trial in enumerate(trials):
+        if type(trial) is not dict or not check_speed_samples(sp["seed"], tuple(sp["shape"]), t, sp["positions"], trial.get("samples"), rtol):
+            return True, False, f"correct, but speed trial {t} returned wrong values"
+    return True, True, "correct, speed trials verified"
 
 
 def make_payload(

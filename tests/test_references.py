@@ -1,0 +1,147 @@
+"""Reference completions: they pass the sandbox policy, extract cleanly, and rank as the fidelity bar needs.
+
+The sources are exec'd here in-process ONLY to sanity-check them in tests (library code never does this;
+the envs run them through the sandbox). Games are played through the real trusted harness with a fake ctx
+and scored by replaying the returned moves, as the env will.
+"""
+
+import ast
+import random
+
+import numpy as np
+import pytest
+from RestrictedPython import compile_restricted_exec
+
+from fake_sandbox_ctx import FakeCtx
+from ossgym.envs.code import harness2048, harness_matmul
+from ossgym.envs.code.extract import extract_code
+from ossgym.envs.code.references import (
+    MATMUL_CACHE_CHEATS,
+    MATMUL_CORRECT,
+    MATMUL_INCORRECT,
+    MATMUL_POLICY_VIOLATIONS,
+    REFERENCES_2048,
+    as_completion,
+)
+from standin_engine2048 import engine_module
+
+ENGINE = engine_module()
+ALLOWED = {"math", "random", "itertools", "functools", "collections", "heapq", "operator", "bisect"}
+
+
+def policy_problems(source: str, entrypoint: str) -> list[str]:
+    """Test-side approximation of the sandbox policy (the real check_policy is also used when present)."""
+    problems = []
+    result = compile_restricted_exec(source)
+    problems.extend(result.errors)
+    tree = ast.parse(source)
+    defs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    if [d.name for d in defs] != [entrypoint]:
+        problems.append(f"top-level functions {[d.name for d in defs]}")
+    for node in tree.body:
+        if not isinstance(node, (ast.FunctionDef, ast.Import, ast.ImportFrom)):
+            problems.append(f"top-level {type(node).__name__}")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            problems.extend(a.name for a in node.names if a.name.split(".")[0] not in ALLOWED)
+        elif isinstance(node, ast.ImportFrom):
+            if (node.module or "").split(".")[0] not in ALLOWED:
+                problems.append(node.module)
+        elif isinstance(node, ast.Name) and node.id.startswith("_"):
+            problems.append(node.id)
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+            problems.append(node.attr)
+        elif isinstance(node, ast.Name) and node.id in {"eval", "exec", "compile", "open", "getattr", "globals", "vars"}:
+            problems.append(node.id)
+    try:  # the real policy, once the sandbox is on this branch
+        from ossgym.sandbox import SandboxTask, check_policy
+    except ImportError:
+        return problems
+    problems.extend(v.message for v in check_policy(source, SandboxTask(entrypoint=entrypoint, harness="x:y")))
+    return problems
+
+
+@pytest.mark.parametrize("name", list(REFERENCES_2048))
+def test_2048_references_pass_policy_and_extract(name):
+    src = REFERENCES_2048[name]
+    assert policy_problems(src, "strategy") == []
+    for style in ("raw", "decoded", "plain"):
+        assert extract_code(as_completion(src, style), "strategy").source == src
+
+
+@pytest.mark.parametrize("name", list(MATMUL_CORRECT) + list(MATMUL_INCORRECT) + list(MATMUL_CACHE_CHEATS))
+def test_matmul_references_pass_policy_and_extract(name):
+    src = {**MATMUL_CORRECT, **MATMUL_INCORRECT, **MATMUL_CACHE_CHEATS}[name]
+    assert policy_problems(src, "matmul") == []
+    assert extract_code(as_completion(src), "matmul").source == src
+
+
+@pytest.mark.parametrize("name", list(MATMUL_POLICY_VIOLATIONS))
+def test_policy_violations_are_caught(name):
+    assert policy_problems(MATMUL_POLICY_VIOLATIONS[name], "matmul") != []
+
+
+def test_as_completion_rejects_unknown_style():
+    with pytest.raises(ValueError):
+        as_completion("x", "html")
+
+
+def load(source: str, entrypoint: str):
+    namespace: dict = {}
+    exec(compile(source, f"<{entrypoint}>", "exec"), namespace)  # test-only sanity check, see module doc
+    return namespace[entrypoint]
+
+
+def play_and_replay(fn, seeds, max_moves):
+    """Play via the trusted harness (fake ctx), then score each game by replaying its moves."""
+    payload = harness2048.make_payload(seeds, max_moves=max_moves)
+    out = harness2048.harness(fn, payload, FakeCtx(fn, total_s=1e9))
+    scores, tiles = [], []
+    for g in out["games"]:
+        game = ENGINE.Game2048(size=4, rng=np.random.default_rng(g["seed"]))
+        game.reset()
+        for key in g["moves"]:
+            game.step(ENGINE.KEY_TO_ACTION[key])
+        scores.append(game.score)
+        tiles.append(game.max_tile)
+    return scores, tiles, out["games"]
+
+
+def test_2048_references_are_ordered_on_a_handful_of_seeds():
+    random.seed(1234)  # random and greedy use the module generator
+    seeds = [11, 12, 13, 14]
+    means = {}
+    for name, src in REFERENCES_2048.items():
+        scores, tiles, games = play_and_replay(load(src, "strategy"), seeds, max_moves=1200)
+        means[name] = float(np.mean(scores))
+        if name == "invalid_output":
+            assert all(g["end"] == "invalid_output" and g["moves"] == "" for g in games)
+        if name == "constant_w":
+            assert all(g["end"] == "stalled" for g in games)
+        if name == "random":
+            assert max(tiles) < 2048
+    ordered = list(REFERENCES_2048)
+    assert [means[n] for n in ordered] == sorted(means.values()), means
+    assert len(set(means.values())) == len(means), means
+
+
+def test_matmul_references_verified_by_caller():
+    cases = harness_matmul.correctness_cases(7)
+    payload = harness_matmul.make_payload(cases, speed_seed=8, trials=2, shape=(24, 16, 12))
+    for name, src in {**MATMUL_CORRECT, **MATMUL_CACHE_CHEATS}.items():
+        fn = load(src, "matmul")
+        out = harness_matmul.harness(fn, payload, FakeCtx(fn))
+        assert harness_matmul.verify_result(out, cases, payload)[:2] == (True, True), name
+    for name, src in MATMUL_INCORRECT.items():
+        fn = load(src, "matmul")
+        out = harness_matmul.harness(fn, payload, FakeCtx(fn))
+        assert harness_matmul.verify_result(out, cases, payload)[:2] != (True, True), name
+
+
+def test_cache_cheat_never_hits_in_speed_trials():
+    cases = harness_matmul.correctness_cases(7)
+    payload = harness_matmul.make_payload(cases, speed_seed=8, trials=3, shape=(24, 16, 12))
+    fn = load(MATMUL_CACHE_CHEATS["content_cache"], "matmul")
+    harness_matmul.harness(fn, payload, FakeCtx(fn))
+    cache = fn.__defaults__[0]
+    assert len(cache) == len(cases) + 3  # every call missed: nothing was ever served from the cache
