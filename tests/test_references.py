@@ -145,3 +145,57 @@ def test_cache_cheat_never_hits_in_speed_trials():
     harness_matmul.harness(fn, payload, FakeCtx(fn))
     cache = fn.__defaults__[0]
     assert len(cache) == len(cases) + 3  # every call missed: nothing was ever served from the cache
+
+
+def restricted_load(source: str, entrypoint: str):
+    """Compile and run with RestrictedPython's stock guards (an approximation of the sandbox's restricted mode)."""
+    from RestrictedPython import safe_builtins
+    from RestrictedPython.Eval import default_guarded_getitem, default_guarded_getiter
+    from RestrictedPython.Guards import full_write_guard, guarded_iter_unpack_sequence, guarded_unpack_sequence, safer_getattr
+
+    def guarded_import(name, *args, **kwargs):
+        if name not in ALLOWED:
+            raise ImportError(name)
+        return __import__(name, *args, **kwargs)
+
+    extra = (sum, map, min, max, list, tuple, dict, set, enumerate, zip, any, all, sorted, reversed, range, len, repr)
+    builtins = dict(safe_builtins, __import__=guarded_import, **{f.__name__: f for f in extra})
+    glb = {
+        "__builtins__": builtins,
+        "__name__": "untrusted",
+        "_getattr_": safer_getattr,
+        "_getitem_": default_guarded_getitem,
+        "_getiter_": default_guarded_getiter,
+        "_write_": full_write_guard,
+        "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
+        "_unpack_sequence_": guarded_unpack_sequence,
+        "_apply_": lambda f, *a, **kw: f(*a, **kw),
+    }
+    result = compile_restricted_exec(source)
+    assert not result.errors, result.errors
+    exec(result.code, glb)
+    return glb[entrypoint]
+
+
+@pytest.mark.parametrize("name", list(REFERENCES_2048))
+def test_2048_references_run_restricted_like_plain(name):
+    plain, restricted = load(REFERENCES_2048[name], "strategy"), restricted_load(REFERENCES_2048[name], "strategy")
+    game = ENGINE.Game2048(size=4, rng=np.random.default_rng(5))
+    game.reset()
+    for _ in range(40):
+        board = tuple(tuple(r) for r in game.tiles())
+        random.seed(3)
+        a = plain(board)
+        random.seed(3)
+        assert restricted(board) == a
+        if a not in ENGINE.KEY_TO_ACTION or game.is_over():
+            break
+        game.step(ENGINE.KEY_TO_ACTION[a])
+
+
+@pytest.mark.parametrize("name", list(MATMUL_CORRECT) + list(MATMUL_CACHE_CHEATS))
+def test_matmul_references_run_restricted_like_plain(name):
+    src = {**MATMUL_CORRECT, **MATMUL_CACHE_CHEATS}[name]
+    plain, restricted = load(src, "matmul"), restricted_load(src, "matmul")
+    for A, B in harness_matmul.correctness_cases(4):
+        assert restricted(A, B) == plain(A, B)
