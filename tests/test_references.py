@@ -199,3 +199,9 @@ def test_matmul_references_run_restricted_like_plain(name):
     plain, restricted = load(src, "matmul"), restricted_load(src, "matmul")
     for A, B in harness_matmul.correctness_cases(4):
         assert restricted(A, B) == plain(A, B)
+
+
+def test_bundled_baseline_is_the_naive_reference():
+    naive = load(MATMUL_CORRECT["naive"], "matmul")
+    for A, B in harness_matmul.correctness_cases(9):
+        assert naive(A, B) == harness_matmul.naive_matmul(A, B)  # same float operations in the same order

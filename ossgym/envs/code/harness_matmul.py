@@ -53,17 +53,16 @@ _DETAIL_CHARS = 300
 
 
 def naive_matmul(A: list[list[float]], B: list[list[float]]) -> list[list[float]]:
-    """The bundled reference: a plain triple loop (also the speed baseline)."""
+    """The bundled reference: a plain triple loop (also the speed baseline; same code as references' naive)."""
     n, k = len(A), len(B)
     m = len(B[0]) if k else 0
     C = []
     for i in range(n):
         row = []
-        Ai = A[i]
         for j in range(m):
             s = 0.0
             for t in range(k):
-                s += Ai[t] * B[t][j]
+                s = s + A[i][t] * B[t][j]
             row.append(s)
         C.append(row)
     return C

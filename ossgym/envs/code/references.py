@@ -250,7 +250,16 @@ def matmul(A, B):
 _ZIP = '''
 def matmul(A, B):
     cols = list(zip(*B))
-    return [[sum(a * b for a, b in zip(row, col)) for col in cols] for row in A]
+    C = []
+    for row in A:
+        out = []
+        for col in cols:
+            s = 0.0
+            for a, b in zip(row, col):
+                s = s + a * b
+            out.append(s)
+        C.append(out)
+    return C
 '''
 
 _FAST = '''
