@@ -181,3 +181,24 @@ def test_find_code_blocks_reports_tags_and_closure():
 def test_degenerate_inputs_never_raise(text):
     ex = extract_code(text, "strategy")
     assert ex.source is None and ex.feedback
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_prose = st.text(st.characters(blacklist_characters="`<|~", blacklist_categories=("Cs",)), max_size=60)
+
+
+@settings(max_examples=120, deadline=None)
+@given(before=_prose, after=_prose, analysis=_prose, style=st.sampled_from(["raw", "decoded", "plain"]))
+def test_code_in_final_fence_is_always_found(before, after, analysis, style):
+    final = f"{before}\n```python\n{GOOD}```\n{after}"
+    text = {"raw": raw(analysis, final), "decoded": decoded(analysis, final), "plain": final}[style]
+    assert extract_code(text, "strategy").source == GOOD
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=st.text(max_size=120))
+def test_arbitrary_text_never_raises(text):
+    ex = extract_code(text, "strategy")
+    assert ex.feedback and (ex.source is None or "strategy" in ex.source)

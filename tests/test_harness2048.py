@@ -250,3 +250,23 @@ def test_other_board_sizes():
     out, _ = run(lambda b: rng.choice("WASD") if len(b) == 5 else 0, seeds=(1,), size=5, max_stalled_moves=100)
     g = out["games"][0]
     assert g["end"] == "over" and replay(1, g["moves"], size=5).is_over()
+
+
+def test_per_game_time_limit():
+    rng = random.Random(4)
+    out, _ = run(
+        lambda b: rng.choice("WASD"),
+        seeds=(1, 2),
+        ctx_kwargs={"total_s": 100.0, "call_cost_s": 0.01},
+        game_time_s=0.1,
+        max_stalled_moves=100,
+    )
+    assert [g["end"] for g in out["games"]] == ["budget", "budget"]
+    assert all(10 <= len(g["moves"]) <= 11 for g in out["games"])
+
+
+def test_bad_payload_is_a_config_error():
+    from ossgym.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="size"):
+        make_payload([1], size=2)

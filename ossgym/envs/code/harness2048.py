@@ -30,6 +30,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ossgym.errors import ConfigError
+
+_FIX = "Build the payload with harness2048.make_payload."
+
 __all__ = ["harness", "make_payload", "GAME_ENDS", "describe_value"]
 
 GAME_ENDS = ("over", "invalid_output", "timeout", "error", "budget", "move_limit", "stalled")
@@ -71,20 +75,20 @@ def make_payload(
 
 def _check_payload(p: Any) -> None:
     if type(p) is not dict:
-        raise ValueError("payload must be a dict (see make_payload)")
+        raise ConfigError("payload", "must be a dict (see make_payload)", _FIX)
     seeds = p.get("seeds")
     if type(seeds) is not list or not all(type(s) is int and s >= 0 for s in seeds):
-        raise ValueError("payload['seeds'] must be a list of ints >= 0")
+        raise ConfigError("payload['seeds']", "must be a list of ints >= 0", _FIX)
     if type(p.get("size")) is not int or not 3 <= p["size"] <= 8:
-        raise ValueError("payload['size'] must be an int in 3..8")
+        raise ConfigError("payload['size']", "must be an int in 3..8", _FIX)
     for key in ("max_moves", "max_stalled_moves"):
         if type(p.get(key)) is not int or p[key] < 0:
-            raise ValueError(f"payload[{key!r}] must be an int >= 0")
+            raise ConfigError(f"payload[{key!r}]", "must be an int >= 0", _FIX)
     gt = p.get("game_time_s")
     if gt is not None and (type(gt) is not float or not gt > 0):
-        raise ValueError("payload['game_time_s'] must be None or a float > 0")
+        raise ConfigError("payload['game_time_s']", "must be None or a float > 0", _FIX)
     if type(p.get("reserve_s")) is not float or not p["reserve_s"] >= 0:
-        raise ValueError("payload['reserve_s'] must be a float >= 0")
+        raise ConfigError("payload['reserve_s']", "must be a float >= 0", _FIX)
 
 
 def describe_value(x: object) -> str:

@@ -34,6 +34,10 @@ import math
 import random
 from typing import Any
 
+from ossgym.errors import ConfigError
+
+_FIX = "Build the payload with harness_matmul.make_payload."
+
 __all__ = [
     "harness",
     "make_payload",
@@ -243,26 +247,26 @@ def make_payload(
 
 def _check_payload(p: Any) -> None:
     if type(p) is not dict or type(p.get("cases")) is not list:
-        raise ValueError("payload must be a dict with a list 'cases' (see make_payload)")
+        raise ConfigError("payload", "must be a dict with a list 'cases' (see make_payload)", _FIX)
     for case in p["cases"]:
         if type(case) not in (list, tuple) or len(case) != 2:
-            raise ValueError("each case must be [A, B]")
+            raise ConfigError("payload['cases']", "each case must be [A, B]", _FIX)
     sp = p.get("speed")
     if sp is not None:
         if type(sp) is not dict or type(sp.get("seed")) is not int or type(sp.get("trials")) is not int or sp["trials"] < 0:
-            raise ValueError("payload['speed'] must be None or a dict with int 'seed' and int 'trials' >= 0")
+            raise ConfigError("payload['speed']", "must be None or a dict with int 'seed' and int 'trials' >= 0", _FIX)
         shape = sp.get("shape")
         if type(shape) is not list or len(shape) != 3 or not all(type(v) is int and v >= 0 for v in shape):
-            raise ValueError("payload['speed']['shape'] must be [n, k, m] ints >= 0")
+            raise ConfigError("payload['speed']['shape']", "must be [n, k, m] ints >= 0", _FIX)
         n, _k, m = shape
         pos = sp.get("positions")
         if type(pos) is not list or not all(
             type(q) is list and len(q) == 2 and type(q[0]) is int and type(q[1]) is int and 0 <= q[0] < n and 0 <= q[1] < m
             for q in pos
         ):
-            raise ValueError("payload['speed']['positions'] must be a list of [i, j] inside the n x m result")
+            raise ConfigError("payload['speed']['positions']", "must be a list of [i, j] inside the n x m result", _FIX)
     if type(p.get("rtol")) is not float or type(p.get("reserve_s")) is not float:
-        raise ValueError("payload['rtol'] and payload['reserve_s'] must be floats")
+        raise ConfigError("payload['rtol'] / payload['reserve_s']", "must be floats", _FIX)
 
 
 def _sandbox_errors() -> tuple[type[BaseException], type[BaseException]]:
