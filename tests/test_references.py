@@ -109,10 +109,10 @@ def play_and_replay(fn, seeds, max_moves):
 
 def test_2048_references_are_ordered_on_a_handful_of_seeds():
     random.seed(1234)  # random and greedy use the module generator
-    seeds = [11, 12, 13, 14]
+    seeds = list(range(11, 31))  # 20 seeds: every gap is over 3 standard errors at this size
     means = {}
     for name, src in REFERENCES_2048.items():
-        scores, tiles, games = play_and_replay(load(src, "strategy"), seeds, max_moves=1200)
+        scores, tiles, games = play_and_replay(load(src, "strategy"), seeds, max_moves=600)
         means[name] = float(np.mean(scores))
         if name == "invalid_output":
             assert all(g["end"] == "invalid_output" and g["moves"] == "" for g in games)

@@ -114,13 +114,18 @@ def strategy(board, memo={}):
 '''
     + _MOVE_HELPERS
     + '''
-    # Keep the largest tile in the bottom-left corner: down and left first, right next, up last.
+    # Keep the largest tile in the bottom-left corner: down or left (whichever keeps the corner and leaves
+    # more empty cells), right only when neither moves, up last.
     b = tuple(tuple(r) for r in board)
-    best, choice = -1, None
+    n = len(b)
+    best, choice = None, None
     for key in "SA":
         nb, gain = move(b, key)
-        if nb != b and gain > best:
-            best, choice = gain, key
+        if nb != b:
+            corner = 1 if nb[n - 1][0] == max(max(r) for r in nb) else 0
+            value = (corner, sum(r.count(0) for r in nb), gain)
+            if best is None or value > best:
+                best, choice = value, key
     if choice is not None:
         return choice
     for key in "DW":
