@@ -1,5 +1,6 @@
 """The trusted 2048 harness, driven by a fake sandbox ctx (the real sandbox calls the same function)."""
 
+import copy
 import random
 
 import numpy as np
@@ -270,3 +271,38 @@ def test_bad_payload_is_a_config_error():
 
     with pytest.raises(ConfigError, match="size"):
         make_payload([1], size=2)
+
+
+def test_replay_result_recomputes_outcomes_from_moves_only():
+    from ossgym.envs.code.harness2048 import replay_result
+
+    rng = random.Random(5)
+    payload = make_payload([1, 2, 3], max_stalled_moves=100)
+    fn = lambda b: rng.choice("WASD")  # noqa: E731
+    out = harness(fn, payload, FakeCtx(fn))
+    games = replay_result(out, payload)
+    assert [g.seed for g in games] == [1, 2, 3]
+    for g, rec in zip(games, out["games"]):
+        direct = replay(rec["seed"], rec["moves"])
+        assert (g.moves, g.score, g.max_tile, g.over, g.end) == (len(rec["moves"]), direct.score, direct.max_tile, True, "over")
+
+    forged = copy.deepcopy(out)
+    forged["games"][0]["score"] = 10**9  # extra fields are ignored
+    forged["games"][1]["moves"] = forged["games"][1]["moves"] + "X"  # bad letter: the record counts as no moves
+    forged["games"][2]["seed"] = 99  # a record for another seed
+    replayed = replay_result(forged, payload)
+    assert replayed[0] == games[0]
+    assert (replayed[1].end, replayed[1].moves) == ("bad_record", 0)
+    assert (replayed[2].end, replayed[2].moves) == ("bad_record", 0)
+
+
+def test_replay_result_of_partial_or_missing_results():
+    from ossgym.envs.code.harness2048 import replay_result
+
+    payload = make_payload([1, 2])
+    out = harness(lambda b: "W", payload, FakeCtx(lambda b: "W"))
+    partial = {"games": out["games"][:1]}
+    games = replay_result(partial, payload)
+    assert games[0].moves == len(out["games"][0]["moves"]) and games[1].end == "missing" and games[1].moves == 0
+    for nothing in (None, {}, {"games": "x"}, [1, 2]):
+        assert [g.end for g in replay_result(nothing, payload)] == ["missing", "missing"]

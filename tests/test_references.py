@@ -93,18 +93,11 @@ def load(source: str, entrypoint: str):
 
 
 def play_and_replay(fn, seeds, max_moves):
-    """Play via the trusted harness (fake ctx), then score each game by replaying its moves."""
+    """Play via the trusted harness (fake ctx), then score each game by replaying its moves (as the env will)."""
     payload = harness2048.make_payload(seeds, max_moves=max_moves)
     out = harness2048.harness(fn, payload, FakeCtx(fn, total_s=1e9))
-    scores, tiles = [], []
-    for g in out["games"]:
-        game = ENGINE.Game2048(size=4, rng=np.random.default_rng(g["seed"]))
-        game.reset()
-        for key in g["moves"]:
-            game.step(ENGINE.KEY_TO_ACTION[key])
-        scores.append(game.score)
-        tiles.append(game.max_tile)
-    return scores, tiles, out["games"]
+    games = harness2048.replay_result(out, payload)
+    return [g.score for g in games], [g.max_tile for g in games], out["games"]
 
 
 def test_2048_references_are_ordered_on_a_handful_of_seeds():

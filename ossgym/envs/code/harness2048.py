@@ -28,13 +28,14 @@ stalled        more than ``max_stalled_moves`` consecutive moves changed nothing
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from ossgym.errors import ConfigError
 
 _FIX = "Build the payload with harness2048.make_payload."
 
-__all__ = ["harness", "make_payload", "GAME_ENDS", "describe_value"]
+__all__ = ["harness", "make_payload", "replay_result", "ReplayedGame", "GAME_ENDS", "describe_value"]
 
 GAME_ENDS = ("over", "invalid_output", "timeout", "error", "budget", "move_limit", "stalled")
 _DETAIL_CHARS = 300
@@ -187,3 +188,55 @@ def harness(fn: Any, payload: dict, ctx: Any) -> dict:
         )
         ctx.checkpoint({"games": [dict(g) for g in games]})
     return {"games": games}
+
+
+@dataclass(frozen=True)
+class ReplayedGame:
+    """One game as the trusted caller re-derived it from the seed and the returned moves."""
+
+    seed: int
+    moves: int  # moves replayed (including ones that changed nothing)
+    score: int
+    max_tile: int
+    over: bool  # the replayed board has no move left
+    end: str  # the harness's reason (for feedback only), or "missing" / "bad_record"
+    detail: str
+
+
+def replay_result(result: Any, payload: dict) -> list[ReplayedGame]:
+    """Caller side: replay every game of a harness result with the caller's own engine and generators.
+
+    ``result`` is the sandbox value (the harness's return or its last checkpoint, possibly None). Every seed
+    of ``payload`` gets a game: a game missing from ``result`` (worker killed) or with a malformed record
+    replays as zero moves. Only the seed and the move letters are used to compute the outcome.
+    """
+    from ossgym.envs.game2048.engine import KEY_TO_ACTION, Game2048
+    import numpy as np
+
+    _check_payload(payload)
+    records = result.get("games") if type(result) is dict else None
+    records = records if type(records) is list else []
+    games = []
+    for index, seed in enumerate(payload["seeds"]):
+        record = records[index] if index < len(records) else None
+        moves, end, detail = "", "missing", "the evaluation stopped before this game was reported"
+        if record is not None:
+            ok = (
+                type(record) is dict
+                and record.get("seed") == seed
+                and type(record.get("moves")) is str
+                and len(record["moves"]) <= payload["max_moves"]
+                and set(record["moves"]) <= set("WASD")
+                and record.get("end") in GAME_ENDS
+            )
+            if ok:
+                moves, end = record["moves"], record["end"]
+                detail = record["detail"] if type(record.get("detail")) is str else ""
+            else:
+                end, detail = "bad_record", "the game record was malformed and counts as no moves"
+        game = Game2048(size=payload["size"], rng=np.random.default_rng(seed))
+        game.reset()
+        for key in moves:
+            game.step(KEY_TO_ACTION[key])
+        games.append(ReplayedGame(seed, len(moves), int(game.score), int(game.max_tile), bool(game.is_over()), end, detail))
+    return games
