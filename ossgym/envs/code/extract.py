@@ -1,0 +1,173 @@
+"""Finding the answer code in a completion: gpt-oss Harmony channels, then fenced Python blocks.
+
+Rules (in this order):
+
+1. Only the answer counts. For Harmony output (raw special tokens or decoded text, see
+   :mod:`ossgym.harmony`) that is the final channel; code written while reasoning (analysis channel) is
+   ignored. Text without any Harmony marker is the answer as a whole.
+2. Fenced blocks tagged ``python``, ``py``, ``python3`` or untagged (any case; ``` or ~~~ fences; a last
+   fence left open runs to the end of the text) are candidates; blocks with another tag (``text``,
+   ``bash``, ...) are not.
+3. The chosen block is the LAST candidate that defines the required function at top level: checked with
+   :mod:`ast` where the block parses, else by a line starting with ``def name(``. A chosen block that
+   does not parse is still returned (with ``syntax_error`` set) so the sandbox reports the error with
+   line numbers.
+4. Without any candidate fence, the whole answer is accepted if it parses and defines the function.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import textwrap
+from dataclasses import dataclass
+
+from ossgym.harmony import parse_harmony
+
+__all__ = ["Extraction", "extract_code", "find_code_blocks", "CODE_TAGS"]
+
+CODE_TAGS = frozenset({"", "python", "py", "python3"})
+_FENCE_OPEN = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n]*)$")
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """What was found in a completion: the source to run (or None) and feedback a model can act on."""
+
+    source: str | None
+    status: str  # "fenced", "unfenced", "no_final", "no_code", "no_function", "empty"
+    feedback: str
+    blocks_found: int = 0  # candidate (python/untagged) fenced blocks in the answer
+    syntax_error: str | None = None  # "line N: message" when the chosen source does not parse
+    harmony_format: str = "plain"  # "raw", "decoded" or "plain" (see ossgym.harmony)
+
+    @property
+    def ok(self) -> bool:
+        """Whether a source defining the required function was found (it may still not compile)."""
+        return self.source is not None
+
+
+@dataclass(frozen=True)
+class _Block:
+    tag: str
+    code: str
+    closed: bool
+
+
+def find_code_blocks(text: str) -> list[tuple[str, str, bool]]:
+    """All fenced blocks of ``text`` as ``(tag, code, closed)`` in order (tag lower-cased, "" if none)."""
+    return [(b.tag, b.code, b.closed) for b in _blocks(text)]
+
+
+def _blocks(text: str) -> list[_Block]:
+    lines = text.split("\n")
+    blocks: list[_Block] = []
+    i = 0
+    while i < len(lines):
+        m = _FENCE_OPEN.match(lines[i])
+        if m is None or (m.group("fence")[0] == "`" and "`" in m.group("info")):
+            i += 1
+            continue
+        fence, indent = m.group("fence"), len(m.group("indent"))
+        info = m.group("info").strip()
+        tag = info.split()[0].lower() if info else ""
+        close = re.compile(r"^ {0,3}" + re.escape(fence[0]) + "{" + str(len(fence)) + r",}[ \t]*$")
+        body: list[str] = []
+        j = i + 1
+        while j < len(lines) and not close.match(lines[j]):
+            line = lines[j]
+            strip = len(line) - len(line.lstrip(" "))
+            body.append(line[min(indent, strip) :])
+            j += 1
+        closed = j < len(lines)
+        code = textwrap.dedent("\n".join(body)).rstrip("\n")
+        blocks.append(_Block(tag, code + "\n" if code.strip() else "", closed))
+        i = j + 1
+    return blocks
+
+
+def _defines(code: str, name: str) -> tuple[bool, str | None, list[str]]:
+    """(defines name at top level, syntax error or None, top-level function names found)."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError) as exc:  # ValueError: null bytes
+        line = getattr(exc, "lineno", None)
+        msg = getattr(exc, "msg", None) or str(exc)
+        error = f"line {line}: {msg}" if line else msg
+        found = re.findall(r"^def\s+(\w+)\s*\(", code, flags=re.MULTILINE)
+        return name in found, error, found
+    found = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+    return name in found, None, found
+
+
+def extract_code(completion: str, entrypoint: str, signature: str | None = None) -> Extraction:
+    """Find the source that defines ``entrypoint`` in a completion's answer (see the module rules).
+
+    ``signature`` (e.g. ``"strategy(board)"``) is only used to word the feedback.
+    """
+    sig = signature or f"{entrypoint}(...)"
+    how = f"Write the complete function `def {sig}:` at the top level of one ```python code block in your final answer."
+    parsed = parse_harmony(completion.replace("\r\n", "\n").lstrip("\ufeff"))
+    answer = parsed.answer
+    fmt = parsed.format
+    if answer is None:
+        in_analysis = re.search(r"^\s*def\s+" + re.escape(entrypoint) + r"\s*\(", parsed.analysis, re.MULTILINE)
+        why = "The completion has reasoning but no final answer"
+        if parsed.truncated:
+            why += " (it was cut off before the final channel; reason more briefly)"
+        if in_analysis:
+            why += f"; `def {entrypoint}` appears only in the reasoning, which is ignored"
+        return Extraction(None, "no_final", f"{why}. {how}", harmony_format=fmt)
+    if not answer.strip():
+        return Extraction(None, "empty", f"The answer is empty. {how}", harmony_format=fmt)
+
+    blocks = [b for b in _blocks(answer) if b.tag in CODE_TAGS]
+    other_tags = sorted({b.tag for b in _blocks(answer) if b.tag not in CODE_TAGS})
+    if blocks:
+        all_found: list[str] = []
+        for block in reversed(blocks):
+            ok, error, found = _defines(block.code, entrypoint)
+            all_found.extend(n for n in found if n not in all_found)
+            if ok:
+                n = len(blocks)
+                note = f"Found {n} Python code block{'s' if n > 1 else ''}; using the last one that defines `{entrypoint}`"
+                if not block.closed:
+                    note += " (its fence was never closed)"
+                if error:
+                    return Extraction(
+                        block.code,
+                        "fenced",
+                        f"{note}, but it does not parse ({error}). Fix the syntax error.",
+                        n,
+                        error,
+                        fmt,
+                    )
+                return Extraction(block.code, "fenced", note + ".", n, None, fmt)
+        defined = f" (it defines {', '.join(f'`{x}`' for x in all_found)})" if all_found else ""
+        n = len(blocks)
+        return Extraction(
+            None,
+            "no_function",
+            f"Found {n} Python code block{'s' if n > 1 else ''}, but none defines `{entrypoint}` at the top level{defined}. {how}",
+            n,
+            harmony_format=fmt,
+        )
+
+    ok, error, _found = _defines(answer, entrypoint)
+    if ok and error is None:
+        return Extraction(
+            textwrap.dedent(answer),
+            "unfenced",
+            f"No code block found; the whole answer is Python code that defines `{entrypoint}`, so it is used.",
+            0,
+            None,
+            fmt,
+        )
+    hint = ""
+    if other_tags:
+        hint = f" Code blocks tagged {', '.join(repr(t) for t in other_tags)} are not Python blocks."
+    elif re.search(r"^\s*def\s+" + re.escape(entrypoint) + r"\s*\(", answer, re.MULTILINE):
+        hint = f" `def {entrypoint}` appears outside a code block, mixed with prose."
+    elif re.search(r"^\s*def\s+" + re.escape(entrypoint) + r"\s*\(", parsed.analysis, re.MULTILINE):
+        hint = f" `def {entrypoint}` appears only in the reasoning, which is ignored."
+    return Extraction(None, "no_code", f"No Python code block found in the final answer.{hint} {how}", 0, None, fmt)
