@@ -139,6 +139,12 @@ class _BatchScoreCache:
         self._value: list[dict[str, float]] | None = None
         self.calls = 0  # how many times the scorer actually ran (tests and logs read it)
 
+    def __getstate__(self) -> dict:  # pickles the scorer only; the lock and the cached batch stay behind
+        return {"scorer": self.scorer}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["scorer"])
+
     def get(self, texts: list[str], seeds: list[int], step: int | None, log_metric: Callable | None):
         key = (step, tuple(texts), tuple(seeds))
         with self._lock:
@@ -407,7 +413,9 @@ def chunked_logprobs(
 # Run configuration
 # --------------------------------------------------------------------------------------------------------
 
-ATTENTION_IMPLEMENTATIONS = ("eager", "flex_attention")
+# Only eager is known to give the sink gradient in the backward pass (FlashAttention-3 with sinks drops it; sdpa
+# has no sinks; transformers refuses flex attention with sinks on CPU, and its backward is unverified on GPU).
+ATTENTION_IMPLEMENTATIONS = ("eager",)
 GENERATION_BACKENDS = ("fast", "trl")
 
 
@@ -441,7 +449,7 @@ class GRPORunConfig:
     reasoning_effort: str = "low"
     generation: str = "fast"
     attn_implementation: str = "eager"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = True
     router_aux_loss_coef: float = 0.0
     num_dataset_rows: int = 256
     output_dir: str = "runs/grpo"
@@ -577,6 +585,7 @@ class GRPORunConfig:
             beta=self.beta,
             seed=self.seed,
             data_seed=self.seed,
+            gradient_checkpointing=self.gradient_checkpointing,  # TRL's default is True
             router_aux_loss_coef=self.router_aux_loss_coef,
             chat_template_kwargs={"reasoning_effort": self.reasoning_effort},
             remove_unused_columns=False,
@@ -586,8 +595,6 @@ class GRPORunConfig:
             save_steps=self.save_steps or 500,
             report_to="none",
         )
-        if self.gradient_checkpointing:  # passed only when on: transformers 5.24 deprecates the name
-            kwargs["gradient_checkpointing"] = True
         kwargs.update(overrides)
         return GRPOConfig(**kwargs)
 
