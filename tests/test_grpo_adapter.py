@@ -75,8 +75,10 @@ class ToyGenerate:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, prompts, *, num_samples, max_new_tokens, temperature, top_p, seed, model):
-        self.calls.append(dict(n_prompts=len(prompts), num_samples=num_samples, seed=seed, training=model.training))
+    def __call__(self, prompts, *, num_samples, max_new_tokens, temperature, top_p, seed, model, stop_token_ids,
+                 chat_template_kwargs):
+        self.calls.append(dict(n_prompts=len(prompts), num_samples=num_samples, seed=seed, training=model.training,
+                               stop_token_ids=stop_token_ids, chat_template_kwargs=chat_template_kwargs))
         gen = torch.Generator().manual_seed(seed)
         out = []
         for messages in prompts:
@@ -93,7 +95,8 @@ class ToyGenerate:
             logps = torch.cat(logps, 1)
             for i in range(num_samples):
                 completion = seqs[i, len(ids):].tolist()
-                n = completion.index(EOS) + 1 if EOS in completion else len(completion)  # keep the stop token
+                stops = [j for j, t in enumerate(completion) if t in stop_token_ids]
+                n = stops[0] + 1 if stops else len(completion)  # keep the stop token, as TRL does
                 out.append(RolloutSample(ids, completion[:n], logps[i, :n].tolist()))
         return out
 
@@ -102,7 +105,7 @@ def target_scorer(texts: list[str], seeds: list[int]) -> list[dict[str, float]]:
     """Toy env: reward = fraction of words that are the target word; a second, constant 'format' component."""
     results = []
     for text in texts:
-        words = text.split()
+        words = [w for w in text.split() if not w.startswith("<")]  # special tokens do not count
         results.append({"target": sum(w == TARGET_WORD for w in words) / max(len(words), 1), "format": 0.5})
     return results
 
@@ -120,15 +123,16 @@ def prompt_fn(seed: int):
     return [{"role": "user", "content": "go a"}]
 
 
-def make_trainer(tmp_path, steps, learning_rate, generate, *, model=None, group_size=8, prompts_per_step=2):
+def make_trainer(tmp_path, steps, learning_rate, generate, *, model=None, group_size=8, prompts_per_step=2,
+                 scorer=target_scorer, **options):
     from trl import GRPOTrainer
 
     config = GRPORunConfig(
         env_id="Game2048-v0", steps=steps, group_size=group_size, prompts_per_step=prompts_per_step,
         max_prompt_length=8, max_completion_length=8, max_seq_len=64, learning_rate=learning_rate,
-        output_dir=str(tmp_path / "run"),
+        output_dir=str(tmp_path / "run"), **options,
     )
-    funcs = make_reward_funcs(target_scorer, ["target", "format"])
+    funcs = make_reward_funcs(scorer, ["target", "format"])
     args = config.grpo_config(use_cpu=True, bf16=False, lr_scheduler_type="constant", disable_tqdm=True)
     trainer = GRPOTrainer(
         model=model if model is not None else tiny_gptoss(),
@@ -296,8 +300,10 @@ def fake_trainer(group_size=4, training=True):
         model=model,
         accelerator=types.SimpleNamespace(unwrap_model=lambda m: m, process_index=0),
         num_generations=group_size, num_generations_eval=2,
-        args=types.SimpleNamespace(seed=3, max_completion_length=5, temperature=0.9, top_p=0.95),
+        args=types.SimpleNamespace(seed=3, max_completion_length=5, temperature=0.9, top_p=0.95, top_k=0, min_p=None,
+                                   repetition_penalty=1.0, chat_template_kwargs={"reasoning_effort": "high"}),
         state=types.SimpleNamespace(global_step=2),
+        eos_token_ids=[1, 9],
     )
 
 
@@ -305,10 +311,11 @@ class RecordingGenerate:
     def __init__(self, completion=(5, 1)):
         self.calls, self.completion = [], list(completion)
 
-    def __call__(self, prompts, *, num_samples, max_new_tokens, temperature, top_p, seed, model):
+    def __call__(self, prompts, *, num_samples, max_new_tokens, temperature, top_p, seed, model, stop_token_ids,
+                 chat_template_kwargs):
         self.calls.append(dict(prompts=prompts, num_samples=num_samples, max_new_tokens=max_new_tokens,
                                temperature=temperature, top_p=top_p, seed=seed, training=model.training,
-                               grad=torch.is_grad_enabled()))
+                               grad=torch.is_grad_enabled(), stop=stop_token_ids, kwargs=chat_template_kwargs))
         return [{"prompt_ids": list(range(len(p[0]["content"]))), "completion_ids": list(self.completion),
                  "logprobs": [-0.5] * len(self.completion)} for p in prompts for _ in range(num_samples)]
 
@@ -324,6 +331,7 @@ def test_rollout_func_groups_prompts_and_returns_trl_keys():
     call = gen.calls[0]
     assert call["prompts"] == [p0, p1] and call["num_samples"] == 4
     assert (call["max_new_tokens"], call["temperature"], call["top_p"]) == (5, 0.9, 0.95)
+    assert call["stop"] == [1, 9] and call["kwargs"] == {"reasoning_effort": "high"}
     assert call["training"] is False and call["grad"] is False  # generation runs in eval mode, without grad
     assert trainer.model.training is True  # and the training mode is restored
     # the seed follows the step; prompts that are not whole groups are sampled one by one
@@ -343,6 +351,10 @@ def test_rollout_func_rejects_bad_generations():
     with pytest.raises(ValueError, match="samples"):
         make_rollout_func(lambda prompts, **kw: short(prompts, **kw)[:-1])([p] * 4, fake_trainer())
     assert make_rollout_func(None) is None  # None: TRL's own generation
+    trainer = fake_trainer()
+    trainer.args.top_k = 20  # a sampling option the generate function would silently ignore
+    with pytest.raises(ConfigError, match="top_k"):
+        make_rollout_func(RecordingGenerate())([p] * 4, trainer)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -408,9 +420,18 @@ def test_run_config_maps_onto_trl_and_peft():
 # ------------------------------------------------------------------------------------------------------
 
 
+class RecordingScorer:
+    def __init__(self):
+        self.texts = []
+
+    def __call__(self, texts, seeds):
+        self.texts += texts
+        return target_scorer(texts, seeds)
+
+
 def test_two_grpo_steps_through_rollout_func(tmp_path):
-    generate = ToyGenerate()
-    trainer, funcs = make_trainer(tmp_path, steps=2, learning_rate=1e-2, generate=generate)
+    generate, scorer = ToyGenerate(), RecordingScorer()
+    trainer, funcs = make_trainer(tmp_path, steps=2, learning_rate=1e-2, generate=generate, scorer=scorer)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
     assert before and all("lora_" not in n or p.requires_grad for n, p in trainer.model.named_parameters())
     with warnings.catch_warnings():
@@ -431,17 +452,37 @@ def test_two_grpo_steps_through_rollout_func(tmp_path):
     assert len(logged(trainer, "timing/generation_s")) == 2 and len(logged(trainer, "timing/scoring_s")) == 2
     # the adapter asked for whole groups: 2 prompts x 8 samples per step, in eval mode
     assert [(c["n_prompts"], c["num_samples"], c["training"]) for c in generate.calls] == [(2, 8, False)] * 2
+    assert generate.calls[0]["stop_token_ids"] == [EOS]
+    assert generate.calls[0]["chat_template_kwargs"] == {"reasoning_effort": "low"}
+    # the reward functions scored the raw text, stop token included, not TRL's stripped decode
+    assert len(scorer.texts) == 32 and any(t.endswith("<eos>") for t in scorer.texts)
 
 
 def test_trl_own_generation_fallback(tmp_path):
+    scorer = RecordingScorer()
     trainer, funcs = make_trainer(tmp_path, steps=1, learning_rate=1e-2, generate=None, prompts_per_step=1,
-                                  group_size=4)
+                                  group_size=4, scorer=scorer)
     assert trainer.rollout_func is None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         trainer.train()
     assert math.isfinite(logged(trainer, "loss")[0])
     assert len(logged(trainer, "rewards/target/mean")) == 1 and funcs[0].cache.calls == 1
+    assert len(scorer.texts) == 4 and not any("<eos>" in t for t in scorer.texts)  # TRL's decode strips specials
+
+
+def test_lora_on_the_experts_through_target_parameters(tmp_path):
+    trainer, _ = make_trainer(tmp_path, steps=1, learning_rate=1e-2, generate=ToyGenerate(), group_size=4,
+                              prompts_per_step=1, lora_targets=("q_proj",),
+                              lora_target_parameters=("mlp.experts.gate_up_proj", "mlp.experts.down_proj"))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "experts" in n and "lora_B" in n}
+    assert len(before) == 4  # 2 layers x (gate_up_proj, down_proj)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert all(not torch.equal(before[n], after[n].detach()) for n in before)
+    assert math.isfinite(logged(trainer, "loss")[0])
 
 
 def test_grpo_learns_to_say_the_target_word(tmp_path):

@@ -51,10 +51,16 @@ Reward functions
     ``prompt_ids`` (list[list[int]]), ``completion_ids`` (list[list[int]], each non-empty: TRL reads
     ``ids[-1]`` to decide truncation, so a finished completion ends with its stop token, as TRL's own
     generation keeps it), ``logprobs`` (list[list[float]], one per completion token); optionally
-    ``logprob_token_ids`` and ``env_mask`` (1 = model token, 0 = external token excluded from the loss).
-    Any other key is a per-completion field forwarded to the reward functions. TRL then tokenises
-    nothing: it pads the ids, decodes the completions for the reward functions, recomputes the policy's
-    log-probabilities with its own forward pass and computes the loss.
+    ``env_mask`` (1 = model token, 0 = external token excluded from the loss). (The docstring also names
+    ``logprob_token_ids``, but the 1.16 code treats it as any other extra field.) Any other key is a per-completion field forwarded to the reward functions (ours adds
+    ``raw_completion``: the text decoded WITH special tokens, which the reward functions prefer). TRL then
+    tokenises nothing: it pads the ids, decodes the completions for the reward functions, recomputes the
+    policy's log-probabilities with its own forward pass and computes the loss. The rollout does not
+    receive the other dataset columns, so per-row generation options (e.g. a per-row reasoning effort)
+    cannot reach it: reasoning effort is per run, through ``GRPOConfig.chat_template_kwargs``, which TRL's
+    own generation also uses and which :func:`make_rollout_func` hands to the generate function.
+    ``top_k``, ``min_p`` and ``repetition_penalty`` apply to TRL's own generation only: the adapter
+    refuses them rather than ignore them.
 Log-probabilities from a rollout
     They become ``sampling_per_token_logps`` and are used ONLY for the vLLM importance-sampling correction
     (``use_vllm=True`` and ``vllm_importance_sampling_correction=True``) and for the off-policy sequence
@@ -73,9 +79,12 @@ Other facts
     ``num_generations >= 2`` and ``generation_batch_size % num_generations == 0`` are enforced by
     GRPOConfig; there is no ``max_prompt_length`` in TRL 1.16 (prompts are never truncated: check them
     yourself, see :meth:`GRPORunConfig.check_prompt_length`). For MoE models (gpt-oss) TRL adds the
-    router load-balancing loss with the config's ``router_aux_loss_coef`` (0.9 for gpt-oss) unless
-    ``GRPOConfig.router_aux_loss_coef=0.0``. An adapter on ``lm_head`` is refused. With a peft model and
-    ``beta > 0`` the reference is the model with adapters disabled. ``rollout_func`` emits an
+    router load-balancing loss weighted by the model config's ``router_aux_loss_coef`` (GptOssConfig's
+    default: 0.001; a checkpoint's config.json may set another) unless ``GRPOConfig.router_aux_loss_coef
+    =0.0``, which :class:`GRPORunConfig` sets (that gradient reaches attention LoRA weights through the
+    router's inputs). TRL's GRPOConfig turns gradient checkpointing ON by default (under the name
+    transformers 5.24 deprecates, hence a FutureWarning). An adapter on ``lm_head`` is refused. With a
+    peft model and ``beta > 0`` the reference is the model with adapters disabled. ``rollout_func`` emits an
     "experimental" ``UserWarning`` unless ``TRL_EXPERIMENTAL_SILENCE=1``.
 """
 
@@ -102,6 +111,7 @@ Messages = list[dict[str, str]]
 Scorer = Callable[[list[str], list[int]], list[dict[str, float]]]
 RolloutFunc = Callable[[list, Any], dict[str, Any]]
 REASONING_EFFORTS = ("low", "medium", "high")
+RAW_COMPLETION_FIELD = "raw_completion"  # per-completion text with special tokens, added by the rollout
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -164,7 +174,9 @@ class _BatchScoreCache:
 class ComponentReward:
     """A TRL reward function for one reward component; its ``__name__`` is the component name.
 
-    A class instance rather than a closure so that it pickles whenever the scorer does.
+    Scores the ``raw_completion`` field when the ossgym rollout supplied it (the text with its special
+    tokens, so a Harmony parser sees the real channels), else the completions TRL decoded. A class
+    instance rather than a closure so that it pickles whenever the scorer does.
     """
 
     def __init__(self, cache: _BatchScoreCache, component: str, seed_column: str = "seed"):
@@ -172,8 +184,8 @@ class ComponentReward:
         self.__name__ = component
 
     def __call__(self, prompts: list | None = None, completions: list | None = None, **kwargs) -> list[float]:
-        completions = completions if completions is not None else kwargs.get("completion", [])
-        texts = [completion_text(c) for c in completions]
+        raw = kwargs.get(RAW_COMPLETION_FIELD)
+        texts = list(raw) if raw is not None else [completion_text(c) for c in completions or []]
         if self.seed_column not in kwargs:
             raise KeyError(
                 f"reward function {self.__name__!r} needs the dataset column {self.seed_column!r} (one seed per row,"
@@ -263,10 +275,12 @@ class RolloutSample:
 class GenerateFn(Protocol):
     """Samples ``num_samples`` completions for each prompt, prompt-major (all samples of prompt 0 first).
 
-    ``prompts`` are chat messages (apply the chat template, e.g. Harmony with reasoning effort, inside);
-    ``model`` is the model being trained (with its LoRA adapter), so generation sees the current weights.
-    Each returned item has ``prompt_ids``, ``completion_ids`` (ending with the stop token when the
-    completion finished) and ``logprobs`` (temperature-scaled), as attributes or mapping keys; e.g. the
+    ``prompts`` are chat messages: apply the chat template inside, with ``chat_template_kwargs`` (the
+    trainer's ``GRPOConfig.chat_template_kwargs``, e.g. ``{"reasoning_effort": "low"}``, the same ones TRL's
+    own generation would use). ``model`` is the model being trained (with its LoRA adapter), so generation
+    sees the current weights. Stop at any of ``stop_token_ids`` (TRL's end-of-completion ids). Each returned
+    item has ``prompt_ids``, ``completion_ids`` (ending with the stop token when the completion finished)
+    and ``logprobs`` (of the temperature-scaled distribution), as attributes or mapping keys: e.g. the
     agent's ``Generation`` or :class:`RolloutSample`.
     """
 
@@ -280,6 +294,8 @@ class GenerateFn(Protocol):
         top_p: float,
         seed: int,
         model: torch.nn.Module,
+        stop_token_ids: list[int],
+        chat_template_kwargs: dict[str, Any],
     ) -> Sequence[Any]: ...
 
 
@@ -297,6 +313,22 @@ def _groups(prompts: list, group_size: int) -> tuple[list, int]:
     return list(prompts), 1
 
 
+def _check_sampling_options(args: Any) -> None:
+    """Refuse GRPOConfig sampling options that a GenerateFn does not receive (they would be silently ignored)."""
+    unsupported = {
+        "top_k": (getattr(args, "top_k", 0) or 0) != 0,
+        "min_p": getattr(args, "min_p", None) is not None,
+        "repetition_penalty": (getattr(args, "repetition_penalty", 1.0) or 1.0) != 1.0,
+    }
+    for name, is_set in unsupported.items():
+        if is_set:
+            raise ConfigError(
+                name,
+                f"is set to {getattr(args, name)!r}, which the rollout's generate function does not apply",
+                f"Leave GRPOConfig.{name} at its default, or generate with TRL's own generate (generation='trl').",
+            )
+
+
 def make_rollout_func(
     generate_fn: GenerateFn | None, max_prompt_length: int | None = None
 ) -> RolloutFunc | None:
@@ -304,16 +336,19 @@ def make_rollout_func(
 
     Groups of identical prompts (TRL repeats each row ``num_generations`` times) become one prompt with
     ``num_samples`` samples. Sampling settings come from the trainer's GRPOConfig; the seed from the config
-    seed, the process index and the step, so runs repeat exactly.
+    seed, the step and the process index, so runs repeat exactly. Each completion's text decoded with its
+    special tokens (Harmony channels intact) goes to the reward functions as the ``raw_completion`` field.
     """
     if generate_fn is None:
         return None
 
     def rollout_func(prompts: list, trainer: Any) -> dict[str, list]:
+        args = trainer.args
+        _check_sampling_options(args)
         model = trainer.accelerator.unwrap_model(trainer.model)
         group_size = trainer.num_generations if model.training else trainer.num_generations_eval
         unique, num_samples = _groups(prompts, group_size)
-        seed = (trainer.args.seed * 1_000_003 + trainer.state.global_step * 1009 + trainer.accelerator.process_index)
+        seed = args.seed * 1_000_003 + trainer.state.global_step * 1009 + trainer.accelerator.process_index
         was_training = model.training
         model.eval()
         start = time.perf_counter()
@@ -323,11 +358,13 @@ def make_rollout_func(
                     generate_fn(
                         unique,
                         num_samples=num_samples,
-                        max_new_tokens=trainer.args.max_completion_length,
-                        temperature=trainer.args.temperature,
-                        top_p=trainer.args.top_p,
+                        max_new_tokens=args.max_completion_length,
+                        temperature=args.temperature,
+                        top_p=args.top_p,
                         seed=seed % (2**63),
                         model=model,
+                        stop_token_ids=list(getattr(trainer, "eos_token_ids", None) or []),
+                        chat_template_kwargs=dict(getattr(args, "chat_template_kwargs", None) or {}),
                     )
                 )
         finally:
@@ -357,6 +394,9 @@ def make_rollout_func(
             out["prompt_ids"].append(prompt_ids)
             out["completion_ids"].append(completion_ids)
             out["logprobs"].append(logprobs)
+        tokenizer = getattr(trainer, "processing_class", None)
+        if tokenizer is not None:
+            out[RAW_COMPLETION_FIELD] = tokenizer.batch_decode(out["completion_ids"], skip_special_tokens=False)
         log_metric = getattr(trainer, "_log_metric", None)  # TRL 1.16's metric sink; absent elsewhere
         if callable(log_metric):
             log_metric("timing/generation_s", elapsed)
