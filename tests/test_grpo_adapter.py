@@ -215,7 +215,8 @@ def test_build_dataset_rows_and_determinism():
     ds = build_dataset(fn, num_rows=20, seed=5, reasoning_effort="high")
     assert set(ds.column_names) == {"prompt", "seed", "reasoning_effort"} and len(ds) == 20
     assert len(set(ds["seed"])) == 20 and seen == ds["seed"]
-    assert ds[3]["prompt"] == [{"role": "system", "content": "rules"}, {"role": "user", "content": f"task {ds[3]['seed']}"}]
+    row = ds[3]
+    assert row["prompt"] == [{"role": "system", "content": "rules"}, {"role": "user", "content": f"task {row['seed']}"}]
     assert set(ds["reasoning_effort"]) == {"high"}
     assert build_dataset(fn, 20, 5, "high")["seed"] == ds["seed"]
     assert build_dataset(fn, 20, 6, "high")["seed"] != ds["seed"]

@@ -52,9 +52,9 @@ Reward functions
     ``ids[-1]`` to decide truncation, so a finished completion ends with its stop token, as TRL's own
     generation keeps it), ``logprobs`` (list[list[float]], one per completion token); optionally
     ``env_mask`` (1 = model token, 0 = external token excluded from the loss). (The docstring also names
-    ``logprob_token_ids``, but the 1.16 code treats it as any other extra field.) Any other key is a per-completion field forwarded to the reward functions (ours adds
-    ``raw_completion``: the text decoded WITH special tokens, which the reward functions prefer). TRL then
-    tokenises nothing: it pads the ids, decodes the completions for the reward functions, recomputes the
+    ``logprob_token_ids``, but the 1.16 code treats it as any other extra field.) Any other key is a
+    per-completion field forwarded to the reward functions (ours adds ``raw_completion``: the text
+    decoded WITH special tokens, which the reward functions prefer). TRL then tokenises nothing: it pads the ids, decodes the completions for the reward functions, recomputes the
     policy's log-probabilities with its own forward pass and computes the loss. The rollout does not
     receive the other dataset columns, so per-row generation options (e.g. a per-row reasoning effort)
     cannot reach it: reasoning effort is per run, through ``GRPOConfig.chat_template_kwargs``, which TRL's
@@ -183,7 +183,7 @@ class ComponentReward:
         self.cache, self.component, self.seed_column = cache, component, seed_column
         self.__name__ = component
 
-    def __call__(self, prompts: list | None = None, completions: list | None = None, **kwargs) -> list[float]:
+    def __call__(self, prompts: list | None = None, completions: list | None = None, **kwargs) -> list[float | None]:
         raw = kwargs.get(RAW_COMPLETION_FIELD)
         texts = list(raw) if raw is not None else [completion_text(c) for c in completions or []]
         if self.seed_column not in kwargs:
@@ -196,8 +196,8 @@ class ComponentReward:
         trainer_state = kwargs.get("trainer_state")
         step = getattr(trainer_state, "global_step", None)
         results = self.cache.get(texts, seeds, step, kwargs.get("log_metric"))
-        try:
-            return [float(r[self.component]) for r in results]
+        try:  # None (component not applicable to that completion) passes through: TRL ignores it
+            return [None if r[self.component] is None else float(r[self.component]) for r in results]
         except KeyError:
             raise KeyError(
                 f"the scorer's results have no component {self.component!r} (they have {sorted(results[0])})"
@@ -235,7 +235,9 @@ def build_dataset(
     """A ``datasets.Dataset`` of rows (prompt: chat messages, seed, reasoning_effort) with distinct seeds.
 
     Row seeds are drawn without repetition from a generator seeded with ``seed``; ``prompt_fn(row_seed)``
-    gives the row's messages (for an ossgym env: ``env.reset(seed=s)[1]["messages"]``).
+    gives the row's messages (for an ossgym env: ``env.reset(seed=s)[1]["messages"]``). The
+    ``reasoning_effort`` column records the effort for the reward functions and logs; generation takes it
+    from ``GRPOConfig.chat_template_kwargs`` (TRL hands no row column to generation).
     """
     import datasets
 
@@ -428,11 +430,15 @@ def chunked_logprobs(
     At most one ``[chunk_size, vocab]`` block of logits exists at once, in the forward and (recomputed
     under activation checkpointing) in the backward; gradients flow to ``hidden_states`` and ``W``.
     ``hidden_states`` is ``[..., hidden]`` and ``token_ids`` ``[...]`` (the token each position predicts).
+    The product runs in the inputs' dtype (bf16 logits, as the model's own forward gives) and the
+    softmax in fp32.
     """
     if chunk_size < 1:
         raise ConfigError("chunk_size", f"must be at least 1, got {chunk_size}", "Pass chunk_size=1024.")
     if hidden_states.shape[:-1] != token_ids.shape:
-        raise ValueError(f"hidden_states {tuple(hidden_states.shape)} does not match token_ids {tuple(token_ids.shape)}")
+        raise ValueError(
+            f"hidden_states {tuple(hidden_states.shape)} does not match token_ids {tuple(token_ids.shape)}"
+        )
     flat_hidden = hidden_states.reshape(-1, hidden_states.shape[-1])
     flat_ids = token_ids.reshape(-1)
     inv_t = 1.0 / temperature
@@ -530,7 +536,7 @@ class GRPORunConfig:
         if "lm_head" in self.lora_targets:
             raise ConfigError(
                 "lora_targets",
-                "includes lm_head, which TRL refuses (it reads lm_head.weight directly, so the adapter would not train)",
+                "includes lm_head, which TRL refuses (it reads lm_head.weight directly: the adapter would not train)",
                 "Remove lm_head.",
             )
         _positive_int(self, "max_prompt_length", "Pass max_prompt_length=1024, for example.")
