@@ -54,8 +54,9 @@ Reward functions
     ``env_mask`` (1 = model token, 0 = external token excluded from the loss). (The docstring also names
     ``logprob_token_ids``, but the 1.16 code treats it as any other extra field.) Any other key is a
     per-completion field forwarded to the reward functions (ours adds ``raw_completion``: the text
-    decoded WITH special tokens, which the reward functions prefer). TRL then tokenises nothing: it pads the ids, decodes the completions for the reward functions, recomputes the
-    policy's log-probabilities with its own forward pass and computes the loss. The rollout does not
+    decoded WITH special tokens, which the reward functions prefer). TRL then tokenises nothing: it pads
+    the ids, decodes the completions for the reward functions, recomputes the policy's log-probabilities
+    with its own forward pass and computes the loss. The rollout does not
     receive the other dataset columns, so per-row generation options (e.g. a per-row reasoning effort)
     cannot reach it: reasoning effort is per run, through ``GRPOConfig.chat_template_kwargs``, which TRL's
     own generation also uses and which :func:`make_rollout_func` hands to the generate function.
