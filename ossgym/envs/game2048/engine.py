@@ -574,27 +574,40 @@ class BatchGame2048:
         self._pos[i] = SPAWN_BLOCK
 
     def _uniforms(self, where: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Two uniforms per board (read where ``where`` is true, which advances its stream)."""
         pos = self._pos
-        need = np.flatnonzero(where & (pos >= SPAWN_BLOCK))
-        for i in need.tolist():
+        for i in np.flatnonzero(where & (pos >= SPAWN_BLOCK)).tolist():
             self._draws[i] = self.rngs[i].random(SPAWN_BLOCK)
             pos[i] = 0
         idx = self._base + np.minimum(pos, SPAWN_BLOCK - 2)
-        u = self._flat_draws[idx]
-        v = self._flat_draws[idx + 1]
         pos += where.astype(np.int64) << 1
-        return u, v
+        return self._flat_draws[idx], self._flat_draws[idx + 1]
+
+    def _uniforms_at(self, games: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Two uniforms for each of the listed games (advancing their streams)."""
+        pos = self._pos[games]
+        for j in np.flatnonzero(pos >= SPAWN_BLOCK).tolist():
+            self._draws[games[j]] = self.rngs[games[j]].random(SPAWN_BLOCK)
+            pos[j] = 0
+        idx = self._base[games] + pos
+        self._pos[games] = pos + 2
+        return self._flat_draws[idx], self._flat_draws[idx + 1]
 
     def reset(self, where: np.ndarray) -> None:
         """Start new games on the boards where ``where`` is true (their draw blocks are thrown away)."""
-        where = np.asarray(where, dtype=np.bool_)
-        self._pos[where] = SPAWN_BLOCK
-        bits = np.where(where, _U(0), self.bits)
+        games = np.flatnonzero(np.asarray(where, dtype=np.bool_))
+        if games.size == 0:
+            return
+        self._pos[games] = SPAWN_BLOCK
+        bits = np.zeros(games.size, dtype=np.uint64)
         for _ in range(2):
-            u, v = self._uniforms(where)
-            bits = spawn(bits, u, v, where)
-        self.score[where] = 0
-        self._set(bits)
+            u, v = self._uniforms_at(games)
+            bits = spawn(bits, u, v)
+        self.score[games] = 0
+        tbits = transpose(bits)
+        self.bits[games] = bits
+        self.tbits[games] = tbits
+        self.codes[games] = legal_codes(bits, tbits)
 
     def _set(self, bits: np.ndarray) -> None:
         self.bits = bits
