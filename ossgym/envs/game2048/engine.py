@@ -614,12 +614,17 @@ class BatchGame2048:
         self.tbits = transpose(bits)
         self.codes = legal_codes(bits, self.tbits)
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Play one move on every board: returns ``(score_gains, changed)``; tiles appear where changed."""
+    def step(self, actions: np.ndarray, where: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Play one move on every board (or where ``where`` is true): returns ``(score_gains, changed)``.
+
+        A tile appears only on boards that changed; boards left out are not touched and draw nothing.
+        """
         actions = np.asarray(actions, dtype=np.int64)
         if actions.shape != (self.n,) or (actions.size and (actions.min() < 0 or actions.max() > 3)):
             raise ValueError(f"actions must be {self.n} ints in 0..3")
         changed = ((self.codes >> actions.astype(np.uint8)) & 1).astype(np.bool_)
+        if where is not None:
+            changed &= where
         moved, gain = move(self.bits, actions, self.tbits)
         gain *= changed
         u, v = self._uniforms(changed)
@@ -627,6 +632,10 @@ class BatchGame2048:
         self.score += gain
         self._set(bits)
         return gain, changed
+
+    def max_exponents(self) -> np.ndarray:
+        """Largest exponent of each board (uint8, shape (N,))."""
+        return max_exponent(self.bits)
 
     def legal_mask(self) -> np.ndarray:
         """Boolean (N, 4): which actions change each board."""
