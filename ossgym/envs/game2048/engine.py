@@ -103,26 +103,17 @@ def _check_action(action: int) -> int:
 
 def move_board(board: Sequence[Sequence[int]], action: int) -> tuple[list[list[int]], int]:
     """Apply one move to a square board of exponents (any size); returns the new board and the score gain."""
-    n = len(board)
+    vertical = action in (UP, DOWN)
+    reverse = action in (RIGHT, DOWN)
+    lines = zip(*board) if vertical else board
+    out: list[list[int]] = []
     gain = 0
-    out = [[0] * n for _ in range(n)]
-    for k in range(n):
-        if action == LEFT:
-            line = list(board[k])
-        elif action == RIGHT:
-            line = list(board[k])[::-1]
-        elif action == UP:
-            line = [board[i][k] for i in range(n)]
-        else:
-            line = [board[i][k] for i in range(n)][::-1]
-        moved, g = merge_line(line)
+    for line in lines:
+        moved, g = merge_line(line[::-1] if reverse else line)
+        out.append(moved[::-1] if reverse else moved)
         gain += g
-        for i, e in enumerate(moved):
-            j = i if action in (LEFT, UP) else n - 1 - i
-            if action in (LEFT, RIGHT):
-                out[k][j] = e
-            else:
-                out[j][k] = e
+    if vertical:
+        out = [list(col) for col in zip(*out)]
     return out, gain
 
 
@@ -154,6 +145,7 @@ class _Tables:
     nth_empty: np.ndarray  # int64 (65536*4,): nibble index of the k-th empty cell of the row
     max_exp: np.ndarray  # uint8: largest exponent in the row
     row_bytes: list[bytes]  # the row's four exponents as bytes
+    row_words: np.ndarray  # uint32 (65536,): the row's four exponents as bytes in one word
     # Python lists for the single-board path
     l_left: list[int]
     l_right: list[int]
@@ -209,7 +201,7 @@ def tables() -> _Tables:
     legal_v = ((legal & 1).astype(np.int64) << UP) | (((legal >> 1) & 1).astype(np.int64) << DOWN)
     return _Tables(
         left=left, right=right, gain=gain, legal=legal, empty=empty, nth_empty=nth.reshape(-1),
-        max_exp=max_exp, row_bytes=row_bytes,
+        max_exp=max_exp, row_bytes=row_bytes, row_words=np.ascontiguousarray(cells.astype(np.uint8)).view(np.uint32).reshape(-1),
         l_left=left.astype(np.int64).tolist(), l_right=right.astype(np.int64).tolist(),
         l_up=up.tolist(), l_down=down.tolist(), l_gain=gain.tolist(),
         l_legal_h=legal_h.tolist(), l_legal_v=legal_v.tolist(), l_empty=empty.tolist(),
@@ -253,9 +245,12 @@ def encode(boards: np.ndarray) -> np.ndarray:
 def decode(bits: np.ndarray) -> np.ndarray:
     """Unpack uint64 bitboards of shape (...) into uint8 exponent boards of shape (..., 4, 4)."""
     b = np.asarray(bits, dtype=np.uint64)
-    shifts = np.arange(16, dtype=np.uint64) * _U(4)
-    cells = (b[..., None] >> shifts) & _U(0xF)
-    return cells.astype(np.uint8).reshape(b.shape + (4, 4))
+    flat = b.reshape(-1)
+    row_words = tables().row_words
+    out = np.empty((flat.size, 4), dtype=np.uint32)
+    for k, r in enumerate(_rows(flat)):
+        out[:, k] = row_words[r]
+    return out.view(np.uint8).reshape(b.shape + (4, 4))
 
 
 def transpose(bits: np.ndarray) -> np.ndarray:
@@ -576,8 +571,9 @@ class BatchGame2048:
     def _uniforms(self, where: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Two uniforms per board (read where ``where`` is true, which advances its stream)."""
         pos = self._pos
+        draws, rngs = self._draws, self.rngs
         for i in np.flatnonzero(where & (pos >= SPAWN_BLOCK)).tolist():
-            self._draws[i] = self.rngs[i].random(SPAWN_BLOCK)
+            rngs[i].random(out=draws[i])  # the same numbers as rng.random(SPAWN_BLOCK)
             pos[i] = 0
         idx = self._base + np.minimum(pos, SPAWN_BLOCK - 2)
         pos += where.astype(np.int64) << 1
@@ -586,8 +582,10 @@ class BatchGame2048:
     def _uniforms_at(self, games: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Two uniforms for each of the listed games (advancing their streams)."""
         pos = self._pos[games]
+        draws, rngs = self._draws, self.rngs
         for j in np.flatnonzero(pos >= SPAWN_BLOCK).tolist():
-            self._draws[games[j]] = self.rngs[games[j]].random(SPAWN_BLOCK)
+            i = int(games[j])
+            rngs[i].random(out=draws[i])
             pos[j] = 0
         idx = self._base[games] + pos
         self._pos[games] = pos + 2
