@@ -188,9 +188,9 @@ def tables() -> _Tables:
     is_empty = cells == 0
     empty = is_empty.sum(axis=1).astype(np.int64)
     nth = np.zeros((1 << 16, 4), dtype=np.int64)
+    running = np.cumsum(is_empty, axis=1)
     for k in range(4):
         # position of the k-th empty nibble: the first i where the running count of empties reaches k + 1
-        running = np.cumsum(is_empty, axis=1)
         hit = (running == k + 1) & is_empty
         nth[:, k] = np.where(hit.any(axis=1), hit.argmax(axis=1), 0)
     max_exp = cells.max(axis=1).astype(np.uint8)
@@ -201,7 +201,8 @@ def tables() -> _Tables:
     legal_v = ((legal & 1).astype(np.int64) << UP) | (((legal >> 1) & 1).astype(np.int64) << DOWN)
     return _Tables(
         left=left, right=right, gain=gain, legal=legal, empty=empty, nth_empty=nth.reshape(-1),
-        max_exp=max_exp, row_bytes=row_bytes, row_words=np.ascontiguousarray(cells.astype(np.uint8)).view(np.uint32).reshape(-1),
+        max_exp=max_exp, row_bytes=row_bytes,
+        row_words=np.ascontiguousarray(cells.astype(np.uint8)).view(np.uint32).reshape(-1),
         l_left=left.astype(np.int64).tolist(), l_right=right.astype(np.int64).tolist(),
         l_up=up.tolist(), l_down=down.tolist(), l_gain=gain.tolist(),
         l_legal_h=legal_h.tolist(), l_legal_v=legal_v.tolist(), l_empty=empty.tolist(),
@@ -368,7 +369,9 @@ class Game2048:
     Creating a game starts it (two random tiles); :meth:`reset` starts a new one with the same generator.
     4x4 games run on the bitboard tables unless ``fast=False``; both paths give the same game for the same
     seed and moves. ``step(action)`` returns ``(score_gain, changed)``; an action that does not change the
-    board changes nothing (no tile appears, nothing is drawn from ``rng``).
+    board changes nothing (no tile appears, nothing is drawn from ``rng``). Attributes: ``size``, ``rng``,
+    ``score`` (int), ``moves`` (board-changing moves since the start); views: ``board``, ``tiles()``,
+    ``max_tile``, ``legal_mask()``, ``is_over()``.
     """
 
     def __init__(self, size: int = 4, rng: np.random.Generator | None = None, fast: bool = True):
