@@ -1,0 +1,141 @@
+"""What a trusted harness gets inside the worker: ``ctx`` (time-limited calls, trusted clock, checkpoints)
+and the exceptions it may see. All of them derive from ``BaseException`` and live in trusted modules the
+untrusted code cannot import, so it can neither catch them (the policy forbids bare ``except`` and
+``BaseException``) nor raise them.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import traceback as _traceback
+from collections.abc import Callable
+
+from ossgym.sandbox.restricted import FILENAME
+from ossgym.sandbox.result import PlainDataError, encode_plain
+
+_clock = time.monotonic  # bound when the worker module loads, long before untrusted code exists
+_REPEAT_S = 0.005  # after the first expiry the timer keeps firing, so a 'finally' loop is interrupted too
+_MAX_TB_FRAMES = 20
+
+
+class CallTimeout(BaseException):
+    """A call of the untrusted function ran past ``call_timeout_s``."""
+
+    def __init__(self, elapsed_s: float, limit_s: float) -> None:
+        super().__init__(f"call took {elapsed_s:.4f}s, more than the limit of {limit_s:.4f}s")
+        self.elapsed_s, self.limit_s = elapsed_s, limit_s
+
+
+class TotalTimeout(BaseException):
+    """The evaluation ran past ``total_timeout_s``."""
+
+
+class UserError(BaseException):
+    """The untrusted code raised; carries only strings (type name, message, trimmed traceback)."""
+
+    def __init__(self, type_name: str, message: str, traceback: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name, self.message, self.traceback = type_name, message, traceback
+
+
+class InvalidOutput(BaseException):
+    """Data meant for the caller is not plain data within the size cap."""
+
+
+class _Interrupt(BaseException):
+    """Raised by the timer signal inside untrusted code; no name for it is reachable from that code."""
+
+
+class _TimerState:
+    active = False
+
+
+def _on_alarm(signum: int, frame: object) -> None:
+    if _TimerState.active:
+        raise _Interrupt
+
+
+def install_timer() -> None:
+    """Install the per-call timer's signal handler (in the worker, before any untrusted code runs)."""
+    signal.signal(signal.SIGALRM, _on_alarm)
+
+
+def _describe(exc: BaseException, source_lines: list[str]) -> UserError:
+    """Turn an exception from untrusted code into a UserError holding only trimmed strings."""
+    type_name = type(exc).__name__
+    try:
+        message = str(exc)[:1000]
+    except BaseException:  # noqa: BLE001 - a hostile str() must not escape the worker's own handling
+        message = "<unprintable>"
+    frames = [f for f in _traceback.extract_tb(exc.__traceback__) if f.filename == FILENAME]
+    omitted = max(0, len(frames) - _MAX_TB_FRAMES)
+    lines = [f"  ... {omitted} more frames" if omitted else ""]
+    for f in frames[-_MAX_TB_FRAMES:]:
+        text = source_lines[f.lineno - 1].strip() if f.lineno and 0 < f.lineno <= len(source_lines) else ""
+        lines.append(f"  line {f.lineno}, in {f.name}\n    {text[:200]}")
+    tb = "Traceback (most recent call last):\n" + "\n".join(x for x in lines if x) + f"\n{type_name}: {message}"
+    return UserError(type_name, message, tb)
+
+
+def guarded_call(fn: Callable, args: tuple, limit_s: float, deadline: float, source_lines: list[str]) -> object:
+    """Call untrusted ``fn`` with a per-call limit and the total deadline; see HarnessContext.call."""
+    left = deadline - _clock()
+    if left <= 0:
+        raise TotalTimeout
+    budget = limit_s if limit_s < left else left
+    signal.setitimer(signal.ITIMER_REAL, budget, _REPEAT_S)
+    start = _clock()
+    try:
+        _TimerState.active = True
+        value = fn(*args)
+        _TimerState.active = False
+    except _Interrupt:
+        _TimerState.active = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        if budget < limit_s:
+            raise TotalTimeout from None
+        raise CallTimeout(_clock() - start, limit_s) from None
+    except BaseException as e:  # noqa: BLE001 - everything the untrusted code raises becomes a UserError
+        _TimerState.active = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        raise _describe(e, source_lines) from None
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    now = _clock()
+    if now - start > limit_s:  # the trusted clock decides, whatever happened inside the call
+        raise CallTimeout(now - start, limit_s)
+    if now >= deadline:
+        raise TotalTimeout
+    return value
+
+
+class HarnessContext:
+    """``ctx`` of a harness: ``call`` the untrusted function, read the trusted ``clock``, ``checkpoint``."""
+
+    def __init__(self, fn: Callable, call_timeout_s: float, deadline: float, max_output_bytes: int,
+                 send_checkpoint: Callable[[bytes], None], source_lines: list[str]) -> None:
+        self._fn, self._limit, self._deadline = fn, call_timeout_s, deadline
+        self._max_bytes, self._send, self._lines = max_output_bytes, send_checkpoint, source_lines
+        self.calls = 0
+
+    def call(self, *args: object) -> object:
+        """Call the untrusted function with the per-call limit; raises CallTimeout or UserError."""
+        self.calls += 1
+        return guarded_call(self._fn, args, self._limit, self._deadline, self._lines)
+
+    @staticmethod
+    def clock() -> float:
+        """Trusted monotonic clock in seconds, bound before the untrusted code was loaded."""
+        return _clock()
+
+    def time_left(self) -> float:
+        """Seconds left of the evaluation's total_timeout_s."""
+        return self._deadline - _clock()
+
+    def checkpoint(self, data: object) -> None:
+        """Send partial plain data to the caller; it becomes the result's value if the worker dies later."""
+        try:
+            encoded = encode_plain(data, self._max_bytes)
+        except PlainDataError as e:
+            raise InvalidOutput(f"checkpoint: {e}") from None
+        self._send(encoded)

@@ -1,0 +1,64 @@
+"""What to run in the sandbox: the entrypoint, the trusted harness, and the limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ossgym.errors import ConfigError
+
+DEFAULT_IMPORTS = frozenset({"math", "random", "itertools", "functools", "collections", "heapq", "operator", "bisect"})
+
+# Modules that reach the interpreter or the operating system; no task may allow them.
+NEVER_IMPORTS = frozenset({
+    "sys", "os", "gc", "inspect", "ctypes", "signal", "threading", "_thread", "subprocess", "socket",
+    "importlib", "builtins", "types", "io", "pickle", "marshal", "multiprocessing", "concurrent",
+    "asyncio", "code", "codeop", "traceback", "weakref", "resource", "pty", "shutil", "pathlib",
+    "tempfile", "atexit", "faulthandler", "tracemalloc", "mmap", "select", "selectors", "posix",
+    "sysconfig", "site", "runpy", "pkgutil", "zipimport", "linecache", "dis", "fcntl", "termios",
+    "contextlib", "ossgym", "RestrictedPython", "copyreg", "shelve", "dbm", "numpy",
+})
+
+
+@dataclass(frozen=True)
+class SandboxTask:
+    """One kind of evaluation: the required function, the trusted harness that calls it, and limits.
+
+    ``harness`` is ``"module.path:function"`` of trusted code imported inside the worker; it is called as
+    ``harness(fn, payload, ctx)`` and returns plain data. ``memory_mb`` is the address space the evaluation
+    may add on top of the warm worker's own. ``seed`` seeds the ``random`` module the untrusted code sees.
+    """
+
+    entrypoint: str
+    harness: str
+    allowed_imports: frozenset[str] = DEFAULT_IMPORTS
+    call_timeout_s: float = 0.05
+    total_timeout_s: float = 5.0
+    memory_mb: int = 512
+    max_output_bytes: int = 1 << 20
+    max_source_bytes: int = 100_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if type(self.entrypoint) is not str or not self.entrypoint.isidentifier() or self.entrypoint.startswith("_"):
+            raise ConfigError("entrypoint", f"{self.entrypoint!r} is not a public identifier", "use e.g. 'strategy'")
+        mod, sep, fn = self.harness.partition(":") if type(self.harness) is str else ("", "", "")
+        if not sep or not fn.isidentifier() or not all(p.isidentifier() for p in mod.split(".")):
+            raise ConfigError("harness", f"{self.harness!r} is not 'module.path:function'",
+                              "name trusted code importable in the worker, e.g. 'ossgym.sandbox.testing:call_once'")
+        if not isinstance(self.allowed_imports, (frozenset, set, tuple, list)):
+            raise ConfigError("allowed_imports", "must be a set of module names", "pass a frozenset of names")
+        object.__setattr__(self, "allowed_imports", frozenset(self.allowed_imports))
+        bad = {m for m in self.allowed_imports if m.split(".")[0] in NEVER_IMPORTS or m.startswith("_")}
+        if bad:
+            raise ConfigError("allowed_imports", f"{sorted(bad)} give access to the interpreter or the OS",
+                              "allow only pure computation modules such as math or itertools")
+        for name in ("call_timeout_s", "total_timeout_s"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not 0 < v <= 3600:
+                raise ConfigError(name, f"{v!r} is not a number of seconds in (0, 3600]", "use e.g. 0.05")
+        for name, lo in (("memory_mb", 16), ("max_output_bytes", 1024), ("max_source_bytes", 100)):
+            v = getattr(self, name)
+            if type(v) is not int or v < lo:
+                raise ConfigError(name, f"{v!r} is not an int >= {lo}", f"use an int of at least {lo}")
+        if type(self.seed) is not int:
+            raise ConfigError("seed", f"{self.seed!r} is not an int", "use an int")
