@@ -38,3 +38,12 @@ def call_reporting(fn, payload: object, ctx: HarnessContext) -> dict:  # noqa: A
 def echo(fn, payload: object, ctx: HarnessContext) -> object:  # noqa: ANN001
     """Return ``payload`` without calling ``fn`` (the plain-data round trip)."""
     return payload
+
+
+def call_each(fn, payload: list, ctx: HarnessContext) -> list:  # noqa: ANN001
+    """Call ``fn(arg)`` for each arg in ``payload``, checkpointing the values so far before each call."""
+    out: list = []
+    for arg in payload:
+        ctx.checkpoint(out)
+        out.append(ctx.call(arg))
+    return out
