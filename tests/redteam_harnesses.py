@@ -117,3 +117,12 @@ def escaped_fd_flood(fn, payload, ctx):  # noqa: ANN001, ANN201
         os.write(1, chunk)
         os.write(2, chunk)
     return "flooded"
+
+
+def random_after_call(fn, payload, ctx):  # noqa: ANN001, ANN201
+    """Seed the module-level generator, let the untrusted code run, then draw: reseeding must not reach here."""
+    import random
+
+    rng = random.Random(payload)
+    ctx.call(payload)
+    return rng.random()

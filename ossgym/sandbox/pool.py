@@ -263,7 +263,8 @@ class SandboxPool:
         except (OSError, EOFError, ValueError, KeyError) as e:
             self._template_failed(tpl, f"no reap reply: {e}")
         wall = time.monotonic() - start
-        meta = {"isolation": isolation, "killed_at_deadline": killed_at_deadline, "exit_status": status}
+        meta = {"isolation": isolation, "worker_pid": pid, "killed_at_deadline": killed_at_deadline,
+                "exit_status": status}
         return self._build(frames, bad_frames, killed_at_deadline, status, task, wall, meta)
 
     def _read(self, r: int, pid: int, task: SandboxTask, start: float) -> tuple[_Frames, bool, str | None]:

@@ -86,8 +86,9 @@ def _write_frame(fd: int, kind: bytes, body: bytes) -> None:
 
 
 def prepare(ctrl_fd: int, devnull_fd: int, workdir: str) -> dict:
-    """Isolate a spare worker before it has a request: own process group, no inherited fds, empty cwd,
-    no environment, no file writes, no new processes, few fds, user nobody. Returns what was applied."""
+    """Isolate a spare worker before it has a request: own process group, no inherited fds, empty cwd
+    (as root: an empty chroot), no environment, no file writes, no new processes, few fds, user nobody.
+    Returns what was applied (it goes into the result's metadata)."""
     layers: dict[str, object] = {}
     os.setsid()
     layers["pdeathsig"] = prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -105,6 +106,11 @@ def prepare(ctrl_fd: int, devnull_fd: int, workdir: str) -> dict:
         resource.setrlimit(getattr(resource, name), (value, value))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file write fails with EFBIG instead of killing
     if os.getuid() == 0:
+        # Everything the worker runs is imported by now (the template preloads harness and allowed modules),
+        # so the file system can go: the root becomes the empty directory.
+        os.chroot(workdir)
+        os.chdir("/")
+        layers["chroot"] = True
         os.setgroups([])
         os.setgid(NOBODY)
         os.setuid(NOBODY)
