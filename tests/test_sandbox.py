@@ -266,3 +266,17 @@ def test_floats_survive_exactly(pool):
     values = [0.1, -0.0, 1e308, math.inf, 5e-324]
     r = pool.evaluate("def f(x):\n    return x\n", task(), values)
     assert r.ok and r.value == values and all(type(v) is float for v in r.value)
+
+
+def test_call_plain_rejects_objects(pool):
+    t = task("ossgym.sandbox.testing:call_plain_once")
+    assert pool.evaluate("def f(x):\n    return [x, 'W']\n", t, 1).value == [1, "W"]
+    r = pool.evaluate("def f(x):\n    class S(str):\n        pass\n    return S('W')\n", t, 1)
+    assert r.outcome is Outcome.INVALID_OUTPUT and "returned" in r.message
+
+
+def test_pathological_source_is_typed(pool):
+    deep = "def f(x):\n    return " + "-" * 50_000 + "x\n"
+    assert pool.evaluate(deep, task(), 1).outcome in (Outcome.SYNTAX_ERROR, Outcome.POLICY_VIOLATION, Outcome.OK)
+    assert pool.evaluate("def f(x):\n    return 1\x00\n", task(), 1).outcome is Outcome.SYNTAX_ERROR
+    assert pool.evaluate("x" * 200_000, task(), 1).outcome is Outcome.POLICY_VIOLATION

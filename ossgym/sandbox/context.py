@@ -12,7 +12,7 @@ import traceback as _traceback
 from collections.abc import Callable
 
 from ossgym.sandbox.restricted import FILENAME
-from ossgym.sandbox.result import PlainDataError, encode_plain
+from ossgym.sandbox.result import PlainDataError, encode_plain, validate_plain
 
 _clock = time.monotonic  # bound when the worker module loads, long before untrusted code exists
 _REPEAT_S = 0.005  # after the first expiry the timer keeps firing, so a 'finally' loop is interrupted too
@@ -110,7 +110,12 @@ def guarded_call(fn: Callable, args: tuple, limit_s: float, deadline: float, sou
 
 
 class HarnessContext:
-    """``ctx`` of a harness: ``call`` the untrusted function, read the trusted ``clock``, ``checkpoint``."""
+    """``ctx`` of a harness: ``call`` the untrusted function, read the trusted ``clock``, ``checkpoint``.
+
+    Harness rules: pass the function fresh copies of plain data (it may mutate what it gets), check the
+    exact type of what it returns before using it (``call_plain`` does), and import everything at module
+    import time (workers run in an empty chroot where nothing more can be imported).
+    """
 
     def __init__(self, fn: Callable, call_timeout_s: float, deadline: float, max_output_bytes: int,
                  send_checkpoint: Callable[[bytes], None], source_lines: list[str]) -> None:
@@ -122,6 +127,16 @@ class HarnessContext:
         """Call the untrusted function with the per-call limit; raises CallTimeout or UserError."""
         self.calls += 1
         return guarded_call(self._fn, args, self._limit, self._deadline, self._lines)
+
+    def call_plain(self, *args: object) -> object:
+        """``call``, then require plain data with exact types (InvalidOutput otherwise). Use it unless the
+        harness checks the value's exact type itself: a returned object may run untrusted code when used."""
+        value = self.call(*args)
+        try:
+            validate_plain(value)
+        except PlainDataError as e:
+            raise InvalidOutput(f"the function returned {e}") from None
+        return value
 
     @staticmethod
     def clock() -> float:

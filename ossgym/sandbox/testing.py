@@ -47,3 +47,8 @@ def call_each(fn, payload: list, ctx: HarnessContext) -> list:  # noqa: ANN001
         ctx.checkpoint(out)
         out.append(ctx.call(arg))
     return out
+
+
+def call_plain_once(fn, payload: object, ctx: HarnessContext) -> object:  # noqa: ANN001
+    """Call ``fn(payload)`` once through ``ctx.call_plain`` (exact plain types required)."""
+    return ctx.call_plain(payload)

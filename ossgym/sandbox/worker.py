@@ -147,7 +147,11 @@ def evaluate(request: dict, payload: object, send: Callable[[bytes, bytes], None
                        "; ".join(str(v) for v in violations[:5]), violations=as_list)
     if violations:
         return _record(Outcome.POLICY_VIOLATION, "; ".join(str(v) for v in violations[:5]), violations=as_list)
-    code, violations = compile_untrusted(tree)
+    try:
+        code, violations = compile_untrusted(tree)
+    except (RecursionError, MemoryError, ValueError, SyntaxError) as e:  # pathological nesting or size
+        return _record(Outcome.POLICY_VIOLATION, f"the code could not be compiled: {type(e).__name__}",
+                       violations=[[1, 0, f"the code is too deeply nested or too large ({type(e).__name__})"]])
     if code is None:
         return _record(Outcome.POLICY_VIOLATION, "; ".join(str(v) for v in violations[:5]),
                        violations=[[v.line, v.col, v.message] for v in violations])
