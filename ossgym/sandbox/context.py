@@ -15,7 +15,6 @@ from ossgym.sandbox.restricted import FILENAME
 from ossgym.sandbox.result import PlainDataError, encode_plain, validate_plain
 
 _clock = time.monotonic  # bound when the worker module loads, long before untrusted code exists
-_REPEAT_S = 0.005  # after the first expiry the timer keeps firing, so a 'finally' loop is interrupted too
 _MAX_TB_FRAMES = 20
 
 
@@ -49,16 +48,24 @@ class _Interrupt(BaseException):
 
 class _TimerState:
     active = False
+    deadline = 0.0
 
 
-def _on_alarm(signum: int, frame: object) -> None:
-    if _TimerState.active:
+def _on_tick(signum: int, frame: object) -> None:
+    if _TimerState.active and _clock() >= _TimerState.deadline:
         raise _Interrupt
 
 
-def install_timer() -> None:
-    """Install the per-call timer's signal handler (in the worker, before any untrusted code runs)."""
-    signal.signal(signal.SIGALRM, _on_alarm)
+def install_timer(call_timeout_s: float) -> float:
+    """Start the worker's ticker (before any untrusted code runs) and return its period in seconds.
+
+    One periodic timer instead of arming a timer per call: a call costs no system call, a timeout is seen
+    within one period, and after a deadline every tick raises again, so a loop in 'finally' ends too.
+    """
+    period = max(0.001, min(0.005, call_timeout_s / 10))
+    signal.signal(signal.SIGALRM, _on_tick)
+    signal.setitimer(signal.ITIMER_REAL, period, period)
+    return period
 
 
 def _describe(exc: BaseException, source_lines: list[str]) -> UserError:
@@ -80,27 +87,24 @@ def _describe(exc: BaseException, source_lines: list[str]) -> UserError:
 
 def guarded_call(fn: Callable, args: tuple, limit_s: float, deadline: float, source_lines: list[str]) -> object:
     """Call untrusted ``fn`` with a per-call limit and the total deadline; see HarnessContext.call."""
-    left = deadline - _clock()
+    start = _clock()
+    left = deadline - start
     if left <= 0:
         raise TotalTimeout
     budget = limit_s if limit_s < left else left
-    signal.setitimer(signal.ITIMER_REAL, budget, _REPEAT_S)
-    start = _clock()
+    _TimerState.deadline = start + budget
     try:
         _TimerState.active = True
         value = fn(*args)
         _TimerState.active = False
     except _Interrupt:
         _TimerState.active = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
         if budget < limit_s:
             raise TotalTimeout from None
         raise CallTimeout(_clock() - start, limit_s) from None
     except BaseException as e:  # noqa: BLE001 - everything the untrusted code raises becomes a UserError
         _TimerState.active = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
         raise _describe(e, source_lines) from None
-    signal.setitimer(signal.ITIMER_REAL, 0)
     now = _clock()
     if now - start > limit_s:  # the trusted clock decides, whatever happened inside the call
         raise CallTimeout(now - start, limit_s)

@@ -217,7 +217,7 @@ def spare_main(ctrl: socket.socket, devnull_fd: int, workdir: str) -> None:
         request = json.loads(raw_request)
         task = SandboxTask(**request["task"])
         limit(task, layers, len(raw_request) + len(raw_payload))
-        install_timer()
+        layers["tick_s"] = install_timer(task.call_timeout_s)
         sys.stdout = out = CappedText(task.max_output_bytes)
         sys.stderr = err = CappedText(task.max_output_bytes)
 
