@@ -230,16 +230,28 @@ _SAFE_BUILTIN_NAMES = (
 ).split()
 
 
+_proxies: dict[str, tuple[ModuleProxy, random.Random | None]] = {}
+
+
+def module_proxy(name: str) -> tuple[ModuleProxy, random.Random | None]:
+    """The read-only proxy of module ``name`` (and its private generator, for ``random``), built once per
+    process: the template builds them at preload, so each forked worker only reads them."""
+    if name not in _proxies:
+        module = importlib.import_module(name)
+        rng = random.Random(0) if name == "random" else None
+        _proxies[name] = (make_proxy(module, name, rng=rng), rng)
+    return _proxies[name]
+
+
+_SAFE_BUILTINS = {name: getattr(builtins, name) for name in _SAFE_BUILTIN_NAMES}
+_SAFE_BUILTINS.update({
+    "__build_class__": builtins.__build_class__, "getattr": guarded_getattr, "hasattr": guarded_hasattr,
+    "type": _type, "None": None, "True": True, "False": False,
+})
+
+
 def make_globals(allowed_imports: frozenset[str], seed: int) -> dict[str, object]:
     """Fresh globals for one untrusted module: safe builtins, guards and a guarded import."""
-    proxies: dict[str, ModuleProxy] = {}
-
-    def proxy(name: str) -> ModuleProxy:
-        if name not in proxies:
-            module = importlib.import_module(name)
-            rng = random.Random(seed) if name == "random" else None
-            proxies[name] = make_proxy(module, name, rng=rng)
-        return proxies[name]
 
     def guarded_import(name: str, globals: object = None, locals: object = None,
                        fromlist: tuple = (), level: int = 0) -> ModuleProxy:
@@ -247,17 +259,15 @@ def make_globals(allowed_imports: frozenset[str], seed: int) -> dict[str, object
                 or name.split(".")[0] in NEVER_IMPORTS:
             raise ImportError(f"import of '{name}' is not allowed")
         if fromlist or "." not in name:
-            return proxy(name)
+            return module_proxy(name)[0]
         # 'import a.b as c' (the policy requires 'as'): Python reads attribute b of the result
         parent, child = name.rsplit(".", 1)
-        return make_proxy(ModuleType(parent), parent, extra={child: proxy(name)})
+        return make_proxy(ModuleType(parent), parent, extra={child: module_proxy(name)[0]})
 
-    safe = {name: getattr(builtins, name) for name in _SAFE_BUILTIN_NAMES}
-    safe.update({
-        "__build_class__": builtins.__build_class__, "__import__": guarded_import,
-        "getattr": guarded_getattr, "hasattr": guarded_hasattr, "type": _type,
-        "None": None, "True": True, "False": False,
-    })
+    if "random" in allowed_imports:
+        module_proxy("random")[1].seed(seed)  # type: ignore[union-attr]
+    safe = _SAFE_BUILTINS.copy()
+    safe["__import__"] = guarded_import
     return {
         "__builtins__": safe, "__name__": "untrusted", "__metaclass__": _user_class,
         "_getattr_": guarded_getattr, "_getitem_": operator.getitem, "_getiter_": iter,

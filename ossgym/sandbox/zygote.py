@@ -108,7 +108,10 @@ class Template:
         self.spares = []
 
     def preload(self, harness_module: str, modules: list[str]) -> str | None:
-        """Import the trusted harness module and the allowed modules here, once, so workers start warm."""
+        """Import the trusted harness module and the allowed modules (and build their proxies) here, once,
+        so workers start warm."""
+        from ossgym.sandbox.restricted import module_proxy
+
         new = [n for n in (harness_module, *modules) if n not in self.loaded]
         for name in new:
             try:
@@ -117,6 +120,11 @@ class Template:
                 if name == harness_module:
                     return f"cannot import harness module '{name}': {type(e).__name__}: {e}"
             self.loaded.add(name)
+            if name in modules:
+                try:
+                    module_proxy(name)
+                except Exception:  # noqa: BLE001 - reported by the worker's import instead
+                    pass
         if new:
             gc.collect()
             gc.freeze()
