@@ -280,3 +280,9 @@ def test_pathological_source_is_typed(pool):
     assert pool.evaluate(deep, task(), 1).outcome in (Outcome.SYNTAX_ERROR, Outcome.POLICY_VIOLATION, Outcome.OK)
     assert pool.evaluate("def f(x):\n    return 1\x00\n", task(), 1).outcome is Outcome.SYNTAX_ERROR
     assert pool.evaluate("x" * 200_000, task(), 1).outcome is Outcome.POLICY_VIOLATION
+
+
+def test_hash_order_is_the_same_across_pools():
+    src = "def f(x):\n    return list({'alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta', 'eta'})\n"
+    with SandboxPool(1) as a, SandboxPool(1) as b:
+        assert a.evaluate(src, task(), 0).value == b.evaluate(src, task(), 0).value

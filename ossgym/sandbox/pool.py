@@ -31,8 +31,10 @@ from ossgym.sandbox.zygote import BOOT, frame, read_frame
 
 log = logging.getLogger(__name__)
 
-_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# The template's whole environment (nothing is inherited). A fixed hash seed keeps str/set iteration order,
+# and so the untrusted code's behaviour, the same across pools and machines (invariant 5).
+_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
+        "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 _REPLY_TIMEOUT_S = 60.0  # a reply from the template (fork or reap); longer only while it imports a harness
 _MAX_PAYLOAD_BYTES = 256 << 20
 _STR_CAP = 10_000
@@ -50,7 +52,7 @@ class _Template:
         pairs = [socket.socketpair() for _ in range(slots)]
         cfg = {"path": [p for p in sys.path if p] or ["."], "fds": [b.fileno() for _, b in pairs]}
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", BOOT, json.dumps(cfg)], pass_fds=cfg["fds"], env=_ENV,
+            [sys.executable, "-s", "-c", BOOT, json.dumps(cfg)], pass_fds=cfg["fds"], env=_ENV,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True, close_fds=True)
         for _, b in pairs:
             b.close()
@@ -146,6 +148,7 @@ class SandboxPool:
         self._template: _Template | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
+        self._pid = os.getpid()
         self.restarts = 0
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -153,6 +156,9 @@ class SandboxPool:
         with self._lock:
             if self._closed:
                 raise SandboxError("the sandbox pool is closed; create a new SandboxPool")
+            if os.getpid() != self._pid:
+                raise SandboxError("this sandbox pool was created in another process (before a fork); "
+                                   "create pools after forking, or use default_pool() in each process")
             if self._template is None or self._template.dead or self._template.proc.poll() is not None:
                 if self._template is not None:
                     self.restarts += 1

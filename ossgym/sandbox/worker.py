@@ -189,7 +189,7 @@ def evaluate(request: dict, payload: object, send: Callable[[bytes, bytes], None
 _WARM_SOURCE = "import math\ndef f(board, n=1):\n    for row in board:\n        x = row[0] + 1\n    return [x, 'W']\n"
 
 
-def _warm_up() -> None:
+def warm_up() -> None:
     """Touch the policy, compiler and codec paths once while idle, so their copy-on-write page faults
     happen before a request arrives. Runs no untrusted code and leaves no state behind."""
     task = SandboxTask(entrypoint="f", harness="x:y")
@@ -207,7 +207,7 @@ def spare_main(ctrl: socket.socket, devnull_fd: int, workdir: str) -> None:
     code = EXIT_INTERNAL
     try:
         layers = prepare(ctrl.fileno(), devnull_fd, workdir)
-        _warm_up()
+        warm_up()
         msg, fds, _flags, _addr = socket.recv_fds(ctrl, 1, 1)
         if msg != b"E" or len(fds) != 1:
             os._exit(EXIT_OK)  # the template is gone or dropped this spare
@@ -230,7 +230,9 @@ def spare_main(ctrl: socket.socket, devnull_fd: int, workdir: str) -> None:
         except MemoryError:
             record = _record(Outcome.MEMORY_EXCEEDED, "the evaluation ran out of memory")
         record["stdout"], record["stderr"] = out.text(), err.text()
-        record["metadata"] = {"layers": layers}
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        record["metadata"] = {"layers": layers, "worker_cpu_s": usage.ru_utime + usage.ru_stime,
+                              "worker_page_faults": usage.ru_minflt}
         _write_frame(result_fd, b"r", json.dumps(record).encode())
         code = EXIT_OK
     except MemoryError:
