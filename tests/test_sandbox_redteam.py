@@ -16,6 +16,7 @@ import uuid
 
 import pytest
 
+from ossgym.errors import ConfigError
 from ossgym.sandbox import Outcome, SandboxPool, SandboxTask
 
 P, S, R, T, M, I, C, OK = (Outcome.POLICY_VIOLATION, Outcome.SYNTAX_ERROR, Outcome.RUNTIME_ERROR, Outcome.TIMEOUT,
@@ -143,12 +144,25 @@ ATTACKS = {
     "patch_math": ("import math\ndef f(x):\n    math.pi = 3\n", {R}),
     "patch_via_from_import": ("from collections import Counter\ndef f(x):\n    Counter.most_common = None\n", {R}),
     "setattr_module": ("import math\ndef f(x):\n    setattr(math, 'pi', 3)\n", {P}),
+    "update_wrapper_globals": ("import functools\nimport random\ndef f(x):\n    def g():\n        pass\n"
+                               "    functools.update_wrapper(g, random.Random.seed, assigned=(), updated=('_' + '_globals_' + '_',))\n"
+                               "    return sorted(g.__globals__)\n", {P}),
+    "update_wrapper_gadget": ("import functools\nimport random\ndef f(x):\n    def g():\n        pass\n"
+                              "    n = '_' + '_globals_' + '_'\n"
+                              "    functools.update_wrapper(g, random.Random.seed, assigned=(), updated=(n,))\n"
+                              "    return 1\n", {R}),
+    "wraps_gadget": ("import functools\ndef f(x):\n    return functools.wraps(f)\n", {R}),
     "operator_attrgetter": ("import operator\ndef f(x):\n    return operator.attrgetter('__class__')(x)\n", {R}),
     # forged results
     "return_str_subclass": ("def f(x):\n    class S(str):\n        pass\n    return S('W')\n", {I}),
     "always_equal_class": ("def f(x):\n    class E:\n        def __eq__(self, o):\n            return True\n"
                            "    return E()\n", {P}),
     "always_equal_type3": ("def f(x):\n    E = type('E', (), {'__eq__': lambda s, o: True})\n    return E()\n", {R}),
+    "type_of_class_3arg": ("def f(x):\n    t = type(int)\n    return t('E', (), {'_' + '_eq_' + '_': lambda s, o: True})()\n",
+                           {R}),
+    "swallowing_context_manager": ("def f(x):\n    t = type(type(1))\n    cm = t('CM', (), {'_' + '_enter_' + '_': lambda s: s,"
+                                   " '_' + '_exit_' + '_': lambda s, *a: True})\n    while True:\n        with cm():\n"
+                                   "            while True:\n                pass\n", {R}),
     "numpy_scalar": ("import numpy\ndef f(x):\n    return numpy.int64(3)\n", {P}),
     "return_function": ("def f(x):\n    return f\n", {I}),
     "metaclass_kw": ("def f(x):\n    class A(metaclass=type):\n        pass\n", {P}),
@@ -159,6 +173,12 @@ ATTACKS = {
 def test_attack_full_sandbox(pool, canary_dir, name):
     source, allowed = ATTACKS[name]
     attack(pool, canary_dir, source, allowed)
+
+
+@pytest.mark.parametrize("module", ["typing", "dataclasses", "timeit", "numpy", "os", "inspect", "enum", "abc"])
+def test_unvetted_modules_cannot_be_allowed(module):
+    with pytest.raises(ConfigError):
+        SandboxTask(entrypoint="f", harness="ossgym.sandbox.testing:call_once", allowed_imports=frozenset({module}))
 
 
 def test_time_module_is_read_only_when_allowed(pool, canary_dir):
@@ -196,6 +216,7 @@ UNCHECKED = {
     "open_file": "def f():\n    return open('/etc/passwd').read()\n",
     "except_base_loop": "def f():\n    while True:\n        try:\n            while True:\n                pass\n"
                         "        except BaseException:\n            pass\n",
+    "type_of_class_3arg": "def f():\n    return type(type(1))('E', (), {})\n",
     "getattr_str_subclass": "def f():\n    class S(str):\n        def startswith(self, p):\n            return False\n"
                             "    return getattr((), S('__class__'))\n",
 }

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 
 from ossgym.sandbox.result import Violation
-from ossgym.sandbox.task import NEVER_IMPORTS, SandboxTask
+from ossgym.sandbox.task import SandboxTask
 
 # Attributes that lead to frames, code objects and the interpreter (RestrictedPython's list plus a few).
 FRAME_ATTRIBUTES = frozenset({
@@ -96,7 +96,7 @@ class _Checker(ast.NodeVisitor):
     # --- imports ---------------------------------------------------------------------------------------
     def _check_module_name(self, node: ast.AST, name: str) -> None:
         allowed = self.task.allowed_imports
-        if name.split(".")[0] in NEVER_IMPORTS or name not in allowed:
+        if name not in allowed:
             self.add(node, f"import of '{name}' is not allowed; allowed modules: {', '.join(sorted(allowed))}")
 
     def visit_Import(self, node: ast.Import) -> None:

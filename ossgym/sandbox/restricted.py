@@ -32,12 +32,14 @@ from RestrictedPython.transformer import RestrictingNodeTransformer, copy_locati
 
 from ossgym.sandbox.policy import FRAME_ATTRIBUTES
 from ossgym.sandbox.result import Violation
-from ossgym.sandbox.task import NEVER_IMPORTS
+from ossgym.sandbox.task import VETTED_IMPORTS
 
 FILENAME = "<untrusted>"
 _FORMAT_NAMES = frozenset({"format", "format_map"})
-# Module attributes that would reintroduce string-built attribute access; dropped from proxies.
-_DROPPED = {"operator": {"attrgetter", "methodcaller"}, "string": {"Formatter"}}
+# Module members that would reintroduce string-built attribute access; dropped from proxies.
+# functools.update_wrapper/wraps copy and update attributes named by the caller (e.g. '__globals__').
+_DROPPED = {"operator": {"attrgetter", "methodcaller"}, "string": {"Formatter"},
+            "functools": {"update_wrapper", "wraps"}}
 
 
 class LeanTransformer(RestrictingNodeTransformer):
@@ -202,8 +204,12 @@ def _unpack(it, spec, getiter):  # type: ignore[no-untyped-def]
 
 
 def _type(ob: object) -> type:
-    """type() with one argument only (the three-argument form could build dunder methods from strings)."""
-    return type(ob)
+    """type() with one argument, never returning a metaclass: with ``type`` itself the code could call the
+    three-argument form and build a class with dunder methods (say ``__exit__`` returning True) from strings."""
+    t = type(ob)
+    if issubclass(t, type):
+        raise TypeError("type() of a class is not available")
+    return t
 
 
 class _Printer:
@@ -256,7 +262,7 @@ def make_globals(allowed_imports: frozenset[str], seed: int) -> dict[str, object
     def guarded_import(name: str, globals: object = None, locals: object = None,
                        fromlist: tuple = (), level: int = 0) -> ModuleProxy:
         if type(name) is not str or level != 0 or name not in allowed_imports \
-                or name.split(".")[0] in NEVER_IMPORTS:
+                or name not in VETTED_IMPORTS:
             raise ImportError(f"import of '{name}' is not allowed")
         if fromlist or "." not in name:
             return module_proxy(name)[0]
