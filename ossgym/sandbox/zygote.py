@@ -75,7 +75,7 @@ class Template:
         self.spares: list[tuple[int, socket.socket]] = []
         self.pidfds: dict[int, int] = {}  # pidfd -> pid of a dispatched worker
         self.reap_waiters: dict[int, socket.socket] = {}  # pid -> slot waiting for its status
-        self.exited: dict[int, int] = {}  # pid -> status, reaped before anyone asked
+        self.exited: dict[int, int] = {}  # pid -> pidfd of an exited worker nobody asked about yet
         for name in _PRELOAD:
             importlib.import_module(name)
         self.settle()
@@ -162,10 +162,9 @@ class Template:
             sock.sendall(frame(json.dumps({"pid": pid, "isolation": self.isolation}).encode()))
         elif msg == b"R":
             pid = json.loads(read_frame(sock))["pid"]
-            if pid in self.exited:
-                sock.sendall(frame(json.dumps({"status": self.exited.pop(pid)}).encode()))
-            else:
-                self.reap_waiters[pid] = sock
+            self.reap_waiters[pid] = sock
+            if pid in self.exited:  # already a zombie: reap it now
+                self.reap(self.exited.pop(pid), pid)
         else:
             for fd in fds:
                 os.close(fd)
@@ -193,17 +192,22 @@ class Template:
                 spare.close()
         raise OSError("no spare worker could take the request")
 
-    def reap(self, pidfd: int) -> None:
+    def exited_worker(self, pidfd: int) -> None:
+        """A dispatched worker exited. It stays a zombie (its pid and process group id stay taken) until the
+        pool asks for its status, so the pool's kill of the group can never reach a process that reused it."""
         pid = self.pidfds.pop(pidfd)
+        if pid in self.reap_waiters:
+            self.reap(pidfd, pid)
+        else:
+            self.exited[pid] = pidfd
+
+    def reap(self, pidfd: int, pid: int) -> None:
         os.close(pidfd)
         try:
             _, status = os.waitpid(pid, 0)
         except ChildProcessError:
             status = -1
-        waiter = self.reap_waiters.pop(pid, None)
-        if waiter is None:
-            self.exited[pid] = status
-            return
+        waiter = self.reap_waiters.pop(pid)
         try:
             waiter.sendall(frame(json.dumps({"status": status}).encode()))
         except OSError:
@@ -217,7 +221,7 @@ class Template:
                 ready, _, _ = select.select(watch, [], [], 0 if need_spares else None)
                 for fd in ready:
                     if fd in self.pidfds:
-                        self.reap(fd)
+                        self.exited_worker(fd)
                         continue
                     sock = self.socks[fd]
                     try:
@@ -234,7 +238,7 @@ class Template:
                     self.fork_spare()  # one at a time, so requests are never kept waiting for long
         finally:
             self.drop_spares()
-            for pid in self.pidfds.values():
+            for pid in [*self.pidfds.values(), *self.exited]:
                 try:
                     os.killpg(pid, signal.SIGKILL)
                 except OSError:
