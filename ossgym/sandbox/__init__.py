@@ -1,13 +1,36 @@
 """Running untrusted model-written Python: static policy, restricted compilation, isolated worker pool.
 
     from ossgym.sandbox import SandboxTask, default_pool
-    task = SandboxTask(entrypoint="strategy", harness="ossgym.sandbox.testing:call_once")
+    task = SandboxTask(entrypoint="strategy", harness="mypkg.harnesses:play_games")
     result = default_pool().evaluate(source, task, payload)   # a typed SandboxResult, never an exception
 
-Layers, outermost last: the AST policy (policy.py), RestrictedPython with lean guards and read-only module
-proxies (restricted.py), a trusted harness calling the code with per-call limits (context.py), and a
-forked worker process with resource limits, no network, no environment, as user nobody, killed with its
-process group on the wall-clock deadline (worker.py, zygote.py, pool.py).
+The harness is trusted code, ``harness(fn, payload, ctx) -> plain data``, imported inside the worker; it
+calls the untrusted ``fn`` through ``ctx.call``/``ctx.call_plain`` (per-call limit, trusted clock,
+``ctx.checkpoint`` for partial results). See context.HarnessContext for the rules a harness follows.
+
+Layers, each of which holds on its own (tests/test_sandbox_redteam.py attacks each one alone):
+
+1. policy.py, AST policy (in the worker, with line/column messages): only imports of allowed modules
+   and the one entrypoint at top level; no ``_``/dunder names or attributes, no frame/code/generator
+   internals, no eval/exec/compile/open/globals/locals/vars/dir/input/breakpoint/setattr/exit, no
+   non-literal getattr, no bare ``except``/``BaseException``, no return/break/continue in ``finally``,
+   no async. Stops almost every attack in the issue's list with a message a model can learn from.
+2. restricted.py, RestrictedPython with lean guards: the same name rules at compile time; runtime
+   guards for ``getattr`` (no ``_`` names, no frame attributes, exact ``str`` names), field-free
+   ``str.format``/``format_map``, writes that refuse modules, proxies and foreign classes; safe
+   builtins only (``type`` never hands out a metaclass); allowed modules are read-only proxies without
+   their string-attribute gadgets (operator.attrgetter/methodcaller, functools.update_wrapper/wraps,
+   string.Formatter); ``random`` is a private generator seeded from the task.
+3. context.py, trusted calls: a periodic timer raises an exception type the code cannot name inside it
+   (again on every tick after the deadline), the trusted clock is checked after every call, and
+   exceptions cross into the harness only as strings (UserError).
+4. worker.py/zygote.py, the process: a fresh fork of a warm template per evaluation, in its own
+   process group, network namespace (when the OS allows), empty chroot and user nobody (when started as
+   root), no environment, no inherited file descriptors, RLIMIT_AS/CPU/FSIZE=0/NOFILE/NPROC=0/CORE=0,
+   stdout/stderr captured with a cap. Results leave only as framed JSON (plain types by construction).
+5. pool.py, the caller: kills the worker's process group at the wall-clock deadline, re-validates every
+   value with exact types and size caps, turns everything into a typed SandboxResult, replaces a dead
+   template. ``SandboxResult.metadata`` says which isolation layers were applied.
 """
 
 from ossgym.sandbox.context import CallTimeout, HarnessContext, InvalidOutput, TotalTimeout, UserError

@@ -331,7 +331,7 @@ class SandboxPool:
             hint = " (possibly out of memory)" if sig == signal.SIGKILL else ""
             return SandboxResult(Outcome.CRASHED, checkpoint, f"the worker was killed by {_signal_name(sig)}{hint}",
                                  wall_time_s=wall, metadata=meta)
-        if status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 77:
+        if status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 77:  # worker.EXIT_MEMORY
             return SandboxResult(Outcome.MEMORY_EXCEEDED, checkpoint, "the worker ran out of memory",
                                  wall_time_s=wall, metadata=meta)
         code = os.WEXITSTATUS(status) if status is not None and os.WIFEXITED(status) else None
