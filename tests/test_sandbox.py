@@ -286,3 +286,15 @@ def test_hash_order_is_the_same_across_pools():
     src = "def f(x):\n    return list({'alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta', 'eta'})\n"
     with SandboxPool(1) as a, SandboxPool(1) as b:
         assert a.evaluate(src, task(), 0).value == b.evaluate(src, task(), 0).value
+
+
+def test_template_outlives_the_thread_that_started_it():
+    import threading
+
+    with SandboxPool(1) as p:
+        t = threading.Thread(target=lambda: p.evaluate("def f(x):\n    return x\n", task(), 1))
+        t.start()
+        t.join()
+        time.sleep(0.2)  # a parent-death signal tied to that thread would have fired by now
+        assert p.evaluate("def f(x):\n    return x\n", task(), 2).value == 2
+        assert p.restarts == 0

@@ -59,9 +59,10 @@ class Template:
     """The fork server loop."""
 
     def __init__(self, socks: list[socket.socket]) -> None:
-        from ossgym.sandbox.worker import prctl, unshare_network
+        from ossgym.sandbox.worker import unshare_network
 
-        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the pool's process
+        # No PR_SET_PDEATHSIG here: it follows the *thread* that started this process, which may be any
+        # short-lived caller thread. The pool's death closes every slot socket instead, and that ends serve().
         self.socks = {s.fileno(): s for s in socks}
         error = unshare_network()
         self.isolation = {"network_namespace": error is None, "template_pid": os.getpid()}
