@@ -298,3 +298,37 @@ def test_template_outlives_the_thread_that_started_it():
         time.sleep(0.2)  # a parent-death signal tied to that thread would have fired by now
         assert p.evaluate("def f(x):\n    return x\n", task(), 2).value == 2
         assert p.restarts == 0
+
+
+def test_no_orphans_when_the_caller_is_killed():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, threading\n"
+        "from ossgym.sandbox import SandboxPool, SandboxTask\n"
+        "p = SandboxPool(1)\n"
+        "t = SandboxTask(entrypoint='f', harness='ossgym.sandbox.testing:call_once', call_timeout_s=60, total_timeout_s=60)\n"
+        "p.evaluate('def f(x):\\n    return x\\n', t, 1)\n"
+        "print(p._template.proc.pid, flush=True)\n"
+        "p.evaluate('def f(x):\\n    while True:\\n        pass\\n', t, 1)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    template_pid = int(proc.stdout.readline())
+    time.sleep(0.3)  # the spinning worker is running
+    children = [int(x) for x in open(f"/proc/{template_pid}/task/{template_pid}/children").read().split()]
+    assert children
+    proc.kill()
+    proc.wait()
+    for pid in [template_pid, *children]:
+        for _ in range(500):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().split(") ")[1][0] in "ZX":
+                        break
+            except OSError:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail(f"process {pid} survived its caller")
