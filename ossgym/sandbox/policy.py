@@ -64,6 +64,7 @@ class _Checker(ast.NodeVisitor):
     def __init__(self, task: SandboxTask) -> None:
         self.task = task
         self.violations: list[Violation] = []
+        self._direct_calls: set[int] = set()
 
     def add(self, node: ast.AST, message: str) -> None:
         self.violations.append(Violation(getattr(node, "lineno", 1), getattr(node, "col_offset", 0), message))
@@ -131,6 +132,8 @@ class _Checker(ast.NodeVisitor):
 
     def visit_Name(self, node: ast.Name) -> None:
         self._check_binding(node, node.id)
+        if node.id in ("getattr", "hasattr") and id(node) not in self._direct_calls:
+            self.add(node, f"{node.id} may only be called directly, with a literal attribute name")
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         problem = _attr_problem(node.attr)
@@ -166,6 +169,7 @@ class _Checker(ast.NodeVisitor):
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
         if isinstance(func, ast.Name) and func.id in ("getattr", "hasattr"):
+            self._direct_calls.add(id(func))
             name = node.args[1] if len(node.args) >= 2 else None
             if not (isinstance(name, ast.Constant) and isinstance(name.value, str)):
                 self.add(node, f"{func.id}() needs a literal attribute name (a string constant)")
@@ -188,6 +192,10 @@ class _Checker(ast.NodeVisitor):
             for sub in _walk_same_scope(stmt, loop_depth=0):
                 self.add(sub, f"'{type(sub).__name__.lower()}' inside 'finally' is not allowed "
                               "(it would swallow errors and the time limit)")
+        self.generic_visit(node)
+
+    def visit_Match(self, node: ast.AST) -> None:
+        self.add(node, "'match' statements are not allowed; use if/elif")
         self.generic_visit(node)
 
     def visit_TryStar(self, node: ast.AST) -> None:
