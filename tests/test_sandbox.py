@@ -255,6 +255,8 @@ def test_worker_crash_is_typed_and_pool_continues(pool):
 def test_bad_harness_or_payload_is_the_callers_error(pool):
     with pytest.raises(SandboxError):
         pool.evaluate("def f(x):\n    return x\n", task("no_such_module_xyz:h"), 1)
+    with pytest.raises(SandboxError):
+        pool.evaluate("def f(x):\n    return x\n", task("ossgym.sandbox.testing:no_such_harness"), 1)
     with pytest.raises(ConfigError):
         pool.evaluate("def f(x):\n    return x\n", task(), {1, 2})
 

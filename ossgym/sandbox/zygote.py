@@ -72,7 +72,7 @@ class Template:
         os.chmod(self.workdir, 0o555)  # empty and not writable by the workers (they run as nobody)
         self.devnull = os.open(os.devnull, os.O_RDWR)
         self.loaded: set[str] = set()
-        self.target_spares = max(1, len(socks))
+        self.target_spares = max(1, min(len(socks), 16))
         self.spares: list[tuple[int, socket.socket]] = []
         self.pidfds: dict[int, int] = {}  # pidfd -> pid of a dispatched worker
         self.reap_waiters: dict[int, socket.socket] = {}  # pid -> slot waiting for its status
@@ -118,11 +118,12 @@ class Template:
                 pass
         self.spares = []
 
-    def preload(self, harness_module: str, modules: list[str]) -> str | None:
+    def preload(self, harness: str, modules: list[str]) -> str | None:
         """Import the trusted harness module and the allowed modules (and build their proxies) here, once,
         so workers start warm."""
         from ossgym.sandbox.restricted import module_proxy
 
+        harness_module, _, harness_name = harness.partition(":")
         new = [n for n in (harness_module, *modules) if n not in self.loaded]
         for name in new:
             try:
@@ -139,6 +140,8 @@ class Template:
         if new:
             self.settle()
             self.drop_spares()
+        if not callable(getattr(sys.modules[harness_module], harness_name, None)):
+            return f"harness module '{harness_module}' has no function '{harness_name}'"
         return None
 
     # --- requests --------------------------------------------------------------------------------------
@@ -152,7 +155,7 @@ class Template:
             result_fd = fds[0]
             try:
                 request = json.loads(raw_request)
-                error = self.preload(request["harness"].partition(":")[0], request["task"]["allowed_imports"])
+                error = self.preload(request["harness"], request["task"]["allowed_imports"])
                 if error is not None:
                     sock.sendall(frame(json.dumps({"error": error}).encode()))
                     return True
