@@ -3,7 +3,7 @@
 ``unchecked``: runs ``payload["source"]`` through the restricted compiler and guards WITHOUT the static
 policy, to show that the second layer holds on its own.
 ``escaped_*``: trusted code that behaves like an attacker who got past every Python-level restriction,
-to show that the process layer (limits, user nobody, namespaces, kill) holds on its own.
+to show that the process layer (limits, own uid, chroot, namespaces, kill) holds on its own.
 """
 
 from __future__ import annotations

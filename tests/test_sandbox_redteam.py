@@ -5,7 +5,7 @@ success. Three depths:
 * full sandbox (policy + restricted compile + worker): what a model's completion meets;
 * ``unchecked``: the restricted compiler and guards alone, without the static policy;
 * ``escaped_*``: trusted code acting as an attacker who beat every Python-level layer, against the
-  process layer alone (limits, user nobody, chroot, network namespace, the caller's kill).
+  process layer alone (limits, own uid, chroot, network namespace, the caller's kill).
 """
 
 import os
@@ -244,7 +244,9 @@ def test_escaped_attacker_is_contained(pool, canary_dir):
     assert probe["cwd_listing"] == []
     assert probe["write_file"].startswith("blocked")
     if os.getuid() == 0:  # the layers that need root to set up
-        assert probe["uid"] == 65534 and r.metadata["layers"]["chroot"] is True
+        assert probe["uid"] >= 200_000 and r.metadata["layers"]["chroot"] is True
+        again = attack(pool, canary_dir, "def f(x):\n    return 0\n", {OK}, harness="redteam_harnesses:escaped_probe")
+        assert again.value["uid"] != probe["uid"]  # one uid per worker: workers cannot signal each other
         assert probe["fork"].startswith("blocked")
         assert probe["signal_caller"].startswith("blocked")
         assert probe["read_passwd"].startswith("blocked")
@@ -268,7 +270,7 @@ def test_escaped_timer_disabled_is_killed_by_the_caller(pool, canary_dir):
 def test_escaped_threads_die_with_the_worker(pool, canary_dir):
     r = attack(pool, canary_dir, "def f(x):\n    return 0\n", {OK, R}, payload=0,
                harness="redteam_harnesses:escaped_threads")
-    # RLIMIT_NPROC=0 as nobody already stops the thread; where it does not, the group kill ends it
+    # RLIMIT_NPROC=0 under an unprivileged uid already stops the thread; where it does not, the group kill ends it
     assert r.value == "returned" or "can't start new thread" in r.message
     pid = r.metadata["worker_pid"]
     for _ in range(200):  # the worker's process group was SIGKILLed; wait until it is gone or a zombie

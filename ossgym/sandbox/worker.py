@@ -31,7 +31,8 @@ from ossgym.sandbox.zygote import read_frame
 EXIT_OK = 0
 EXIT_MEMORY = 77
 EXIT_INTERNAL = 70
-NOBODY = 65534
+FIRST_UID = 200_000  # workers started as root run as uids from here on, one per worker (no account needed)
+UID_RANGE = 60_000
 _MAX_OPEN_FILES = 8
 _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_NO_NEW_PRIVS = 1, 4, 38
 _CLONE_NEWNET = 0x40000000
@@ -85,9 +86,10 @@ def _write_frame(fd: int, kind: bytes, body: bytes) -> None:
         data = data[os.write(fd, data):]
 
 
-def prepare(ctrl_fd: int, devnull_fd: int, workdir: str) -> dict:
+def prepare(ctrl_fd: int, devnull_fd: int, workdir: str, uid: int) -> dict:
     """Isolate a spare worker before it has a request: own process group, no inherited fds, empty cwd
-    (as root: an empty chroot), no environment, no file writes, no new processes, few fds, user nobody.
+    (as root: an empty chroot), no environment, no file writes, no new processes, few fds, and (as root)
+    a uid of its own, so it can neither signal nor trace the caller, the template or another worker.
     Returns what was applied (it goes into the result's metadata)."""
     layers: dict[str, object] = {}
     os.setsid()
@@ -112,8 +114,8 @@ def prepare(ctrl_fd: int, devnull_fd: int, workdir: str) -> dict:
         os.chdir("/")
         layers["chroot"] = True
         os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
+        os.setgid(uid)
+        os.setuid(uid)
     layers["uid"] = os.getuid()
     layers["dumpable_off"] = prctl(_PR_SET_DUMPABLE, 0)
     layers["rlimits"] = limits
@@ -201,12 +203,12 @@ def warm_up() -> None:
     decode_plain(encode_plain({"a": [1, 2.5, (3, "s")]}, 1 << 10), 1 << 10)
 
 
-def spare_main(ctrl: socket.socket, devnull_fd: int, workdir: str) -> None:
+def spare_main(ctrl: socket.socket, devnull_fd: int, workdir: str, uid: int) -> None:
     """Entry point of a spare worker forked by the template: isolate, wait for one request, evaluate it,
     send the record, and exit (never returns)."""
     code = EXIT_INTERNAL
     try:
-        layers = prepare(ctrl.fileno(), devnull_fd, workdir)
+        layers = prepare(ctrl.fileno(), devnull_fd, workdir, uid)
         warm_up()
         msg, fds, _flags, _addr = socket.recv_fds(ctrl, 1, 1)
         if msg != b"E" or len(fds) != 1:

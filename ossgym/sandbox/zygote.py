@@ -1,7 +1,7 @@
 """The warm template process of a pool. It imports what workers need once (RestrictedPython, the trusted
 harness modules, the allowed modules), moves itself into a new network namespace when the OS allows (so
 every worker inherits a namespace without interfaces), and keeps a few *spare* workers forked in advance:
-each spare isolates itself (process group, limits, user nobody) and then waits for exactly one request.
+each spare isolates itself (process group, limits, a uid of its own) and then waits for exactly one request.
 Fork cost is thus off the request path, and every evaluation still gets a fresh process.
 
 Protocol over one socket per pool slot:
@@ -69,9 +69,10 @@ class Template:
         if error:
             self.isolation["network_namespace_error"] = error
         self.workdir = tempfile.mkdtemp(prefix="ossgym-sandbox-")
-        os.chmod(self.workdir, 0o555)  # empty and not writable by the workers (they run as nobody)
+        os.chmod(self.workdir, 0o555)  # empty and not writable by the workers (they run as unprivileged uids)
         self.devnull = os.open(os.devnull, os.O_RDWR)
         self.loaded: set[str] = set()
+        self.forked = 0
         self.target_spares = max(1, min(len(socks), 16))
         self.spares: list[tuple[int, socket.socket]] = []
         self.pidfds: dict[int, int] = {}  # pidfd -> pid of a dispatched worker
@@ -94,14 +95,16 @@ class Template:
 
     # --- spares ----------------------------------------------------------------------------------------
     def fork_spare(self) -> None:
-        from ossgym.sandbox.worker import spare_main
+        from ossgym.sandbox.worker import FIRST_UID, UID_RANGE, spare_main
 
+        self.forked += 1
+        uid = FIRST_UID + self.forked % UID_RANGE
         mine, theirs = socket.socketpair()
         pid = os.fork()
         if pid == 0:
             try:
                 mine.close()
-                spare_main(theirs, self.devnull, self.workdir)
+                spare_main(theirs, self.devnull, self.workdir, uid)
             finally:
                 os._exit(70)
         theirs.close()
