@@ -35,7 +35,7 @@ FIRST_UID = 200_000  # workers started as root run as uids from here on, one per
 UID_RANGE = 60_000
 _MAX_OPEN_FILES = 8
 _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_NO_NEW_PRIVS = 1, 4, 38
-_CLONE_NEWNET = 0x40000000
+_CLONE_NEWNET, _CLONE_NEWIPC, _CLONE_NEWUTS = 0x40000000, 0x08000000, 0x04000000
 
 try:
     _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -48,13 +48,16 @@ def prctl(option: int, arg: int) -> bool:
     return _libc is not None and _libc.prctl(option, arg, 0, 0, 0) == 0
 
 
-def unshare_network() -> str | None:
-    """unshare(CLONE_NEWNET) for this process; None on success, else why not."""
+def unshare_namespaces() -> dict:
+    """Move this process into new network (no interfaces), IPC and UTS namespaces, as far as the OS allows;
+    return which ones were applied (and why not)."""
     if _libc is None:
-        return "no libc"
-    if _libc.unshare(_CLONE_NEWNET) != 0:
-        return os.strerror(ctypes.get_errno())
-    return None
+        return {"network_namespace": False, "network_namespace_error": "no libc"}
+    if _libc.unshare(_CLONE_NEWNET | _CLONE_NEWIPC | _CLONE_NEWUTS) == 0:
+        return {"network_namespace": True, "ipc_namespace": True, "uts_namespace": True}
+    if _libc.unshare(_CLONE_NEWNET) == 0:
+        return {"network_namespace": True, "ipc_namespace": False, "uts_namespace": False}
+    return {"network_namespace": False, "network_namespace_error": os.strerror(ctypes.get_errno())}
 
 
 class CappedText(io.TextIOBase):

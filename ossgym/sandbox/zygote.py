@@ -59,15 +59,12 @@ class Template:
     """The fork server loop."""
 
     def __init__(self, socks: list[socket.socket]) -> None:
-        from ossgym.sandbox.worker import unshare_network
+        from ossgym.sandbox.worker import unshare_namespaces
 
         # No PR_SET_PDEATHSIG here: it follows the *thread* that started this process, which may be any
         # short-lived caller thread. The pool's death closes every slot socket instead, and that ends serve().
         self.socks = {s.fileno(): s for s in socks}
-        error = unshare_network()
-        self.isolation = {"network_namespace": error is None, "template_pid": os.getpid()}
-        if error:
-            self.isolation["network_namespace_error"] = error
+        self.isolation = {**unshare_namespaces(), "template_pid": os.getpid()}
         self.workdir = tempfile.mkdtemp(prefix="ossgym-sandbox-")
         os.chmod(self.workdir, 0o555)  # empty and not writable by the workers (they run as unprivileged uids)
         self.devnull = os.open(os.devnull, os.O_RDWR)
