@@ -25,9 +25,9 @@ Layers, each of which holds on its own (tests/test_sandbox_redteam.py attacks ea
    (again on every tick after the deadline), the trusted clock is checked after every call, and
    exceptions cross into the harness only as strings (UserError).
 4. worker.py/zygote.py, the process: a fresh fork of a warm template per evaluation, in its own
-   process group, network, IPC and UTS namespaces (when the OS allows), empty chroot and a uid of its own (when started as
-   root), no environment, no inherited file descriptors, RLIMIT_AS/CPU/FSIZE=0/NOFILE/NPROC=0/CORE=0,
-   stdout/stderr captured with a cap. Results leave only as framed JSON (plain types by construction).
+   process group, network, IPC and UTS namespaces (when the OS allows), an empty chroot and a uid of its
+   own (when started as root), no environment, no inherited file descriptors, limits (RLIMIT_AS, CPU,
+   FSIZE=0, NOFILE, NPROC=0, CORE=0), stdout/stderr captured with a cap. Results leave only as framed JSON (plain types by construction).
 5. pool.py, the caller: kills the worker's process group at the wall-clock deadline, re-validates every
    value with exact types and size caps, turns everything into a typed SandboxResult, replaces a dead
    template. ``SandboxResult.metadata`` says which isolation layers were applied.
