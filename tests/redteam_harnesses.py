@@ -126,3 +126,31 @@ def random_after_call(fn, payload, ctx):  # noqa: ANN001, ANN201
     rng = random.Random(payload)
     ctx.call(payload)
     return rng.random()
+
+
+def escaped_forged_frames(fn, payload, ctx):  # noqa: ANN001, ANN201
+    """Write hand-made frames straight to the result pipe: a deeply nested record, or a huge frame."""
+    import struct
+
+    fd = max(int(x) for x in os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    if fd is None:  # chroot: no /proc; the result pipe is the only descriptor above 2 besides the ticker's
+        fd = next(f for f in range(3, 8) if _is_pipe(f))
+    if payload == "deep":
+        body = b"[" * 200_000 + b"]" * 200_000
+        os.write(fd, b"r" + struct.pack(">I", len(body)) + body)
+    elif payload == "huge":
+        os.write(fd, b"c" + struct.pack(">I", 1 << 31))
+    elif payload == "fake_ok":
+        value = b'"forged"'
+        record = b'{"outcome": "ok", "message": "ok"}'
+        os.write(fd, b"v" + struct.pack(">I", len(value)) + value + b"r" + struct.pack(">I", len(record)) + record)
+    os._exit(0)
+
+
+def _is_pipe(fd):  # noqa: ANN001, ANN202
+    import stat
+
+    try:
+        return stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except OSError:
+        return False

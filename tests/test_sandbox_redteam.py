@@ -290,3 +290,11 @@ def test_escaped_fd_flood_goes_nowhere(pool, canary_dir, capfd):
                harness="redteam_harnesses:escaped_fd_flood")
     out, err = capfd.readouterr()
     assert len(out) + len(err) < 1000 and r.stdout == ""
+
+
+@pytest.mark.parametrize("how", ["deep", "huge", "fake_ok"])
+def test_escaped_forged_frames_are_typed(pool, canary_dir, how):
+    r = attack(pool, canary_dir, "def f(x):\n    return 0\n", {I, OK}, payload=how,
+               harness="redteam_harnesses:escaped_forged_frames")
+    if r.outcome is OK:  # a forged record is still only plain data; scoring re-derives everything from it
+        assert how == "fake_ok" and r.value == "forged"

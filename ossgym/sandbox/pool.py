@@ -316,7 +316,7 @@ class SandboxPool:
         if frames.record is not None:
             try:
                 return self._from_record(frames, checkpoint, cap, wall, meta)
-            except (PlainDataError, ValueError, KeyError, TypeError) as e:
+            except (Exception, RecursionError) as e:  # noqa: BLE001 - the worker may be hostile: any flaw is typed
                 return SandboxResult(Outcome.INVALID_OUTPUT, checkpoint, f"malformed result from the worker: {e}",
                                      wall_time_s=wall, metadata=meta)
         if killed:
