@@ -175,7 +175,7 @@ def test_attack_full_sandbox(pool, canary_dir, name):
     attack(pool, canary_dir, source, allowed)
 
 
-@pytest.mark.parametrize("module", ["typing", "dataclasses", "timeit", "numpy", "os", "inspect", "enum", "abc"])
+@pytest.mark.parametrize("module", ["dataclasses", "timeit", "numpy", "os", "inspect", "enum", "abc"])
 def test_unvetted_modules_cannot_be_allowed(module):
     with pytest.raises(ConfigError):
         SandboxTask(entrypoint="f", harness="ossgym.sandbox.testing:call_once", allowed_imports=frozenset({module}))
@@ -298,3 +298,12 @@ def test_escaped_forged_frames_are_typed(pool, canary_dir, how):
                harness="redteam_harnesses:escaped_forged_frames")
     if r.outcome is OK:  # a forged record is still only plain data; scoring re-derives everything from it
         assert how == "fake_ok" and r.value == "forged"
+
+
+def test_typing_offers_annotation_names_only(pool, canary_dir):
+    t = frozenset({"typing"})
+    ok = "from typing import List, Tuple\ndef f(x: List[int]) -> Tuple[int, int]:\n    return (1, 2)\n"
+    assert attack(pool, canary_dir, ok, {OK}, allowed_imports=t).value == (1, 2)
+    for name in ("get_type_hints", "ForwardRef", "NamedTuple", "TypedDict"):
+        src = f"import typing\ndef f(x):\n    return typing.{name}\n"
+        assert "has no attribute" in attack(pool, canary_dir, src, {R}, allowed_imports=t).message

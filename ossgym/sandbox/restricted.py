@@ -40,6 +40,12 @@ _FORMAT_NAMES = frozenset({"format", "format_map"})
 # functools.update_wrapper/wraps copy and update attributes named by the caller (e.g. '__globals__').
 _DROPPED = {"operator": {"attrgetter", "methodcaller"}, "string": {"Formatter"},
             "functools": {"update_wrapper", "wraps"}}
+# Modules of which the code sees only these members. typing: the annotation names models write (its
+# get_type_hints and ForwardRef would eval strings, so the rest stays out).
+_ONLY = {"typing": frozenset({
+    "Any", "Callable", "Counter", "DefaultDict", "Deque", "Dict", "FrozenSet", "Iterable", "Iterator", "List",
+    "Mapping", "MutableMapping", "MutableSequence", "Optional", "Sequence", "Set", "Tuple", "Union",
+})}
 
 
 class LeanTransformer(RestrictingNodeTransformer):
@@ -160,10 +166,11 @@ def make_proxy(module: ModuleType, name: str, extra: dict[str, object] | None = 
                rng: random.Random | None = None) -> ModuleProxy:
     """A read-only proxy of ``module``; with ``rng``, module-level random functions use that generator."""
     dropped = _DROPPED.get(name, ())
+    only = _ONLY.get(name)
     ns: dict[str, object] = {"__slots__": (), "__module__": "sandbox"}
     shared = getattr(module, "_inst", None) if rng is not None else None
     for key, value in vars(module).items():
-        if key.startswith("_") or key in dropped or isinstance(value, ModuleType):
+        if key.startswith("_") or key in dropped or isinstance(value, ModuleType) or (only and key not in only):
             continue
         if shared is not None and getattr(value, "__self__", None) is shared:
             value = getattr(rng, key)

@@ -10,14 +10,15 @@ DEFAULT_IMPORTS = frozenset({"math", "random", "itertools", "functools", "collec
 
 # The only modules a task may allow: reviewed for ways back to the interpreter (string-built attribute
 # access, exec/eval of strings, files, processes, threads). Not here on purpose, among others: sys, os, gc,
-# inspect, ctypes, signal, threading, subprocess, socket, importlib, builtins, types, typing and
-# dataclasses (eval/exec of annotation strings), timeit (exec), pickle, io, numpy (files, ctypes), enum and
+# inspect, ctypes, signal, threading, subprocess, socket, importlib, builtins, types, dataclasses
+# (exec of generated code from annotations), timeit (exec), pickle, io, numpy (files, ctypes), enum and
 # abc (they hand out metaclasses, whose three-argument call builds classes with dunder methods).
 # A few members of allowed modules are removed from what the code sees (restricted._DROPPED).
 VETTED_IMPORTS = frozenset({
     "math", "cmath", "random", "itertools", "functools", "collections", "heapq", "operator", "bisect",
     "string", "re", "statistics", "fractions", "decimal", "numbers", "array", "struct", "time", "datetime",
     "calendar", "json", "copy", "textwrap", "unicodedata", "zlib", "hashlib", "base64", "binascii",
+    "typing",  # only its annotation names (restricted._ONLY)
 })
 
 
