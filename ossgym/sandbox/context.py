@@ -15,14 +15,15 @@ from ossgym.sandbox.restricted import FILENAME
 from ossgym.sandbox.result import PlainDataError, encode_plain, validate_plain
 
 _clock = time.monotonic  # bound when the worker module loads, long before untrusted code exists
+_cpu = time.process_time  # CPU time of the worker process, bound likewise
 _MAX_TB_FRAMES = 20
 
 
 class CallTimeout(BaseException):
-    """A call of the untrusted function ran past ``call_timeout_s``."""
+    """A call of the untrusted function used more than ``call_timeout_s`` of CPU time."""
 
     def __init__(self, elapsed_s: float, limit_s: float) -> None:
-        super().__init__(f"call took {elapsed_s:.4f}s, more than the limit of {limit_s:.4f}s")
+        super().__init__(f"a call used {elapsed_s:.4f}s of CPU time, more than the limit of {limit_s:.4f}s")
         self.elapsed_s, self.limit_s = elapsed_s, limit_s
 
 
@@ -48,23 +49,28 @@ class _Interrupt(BaseException):
 
 class _TimerState:
     active = False
-    deadline = 0.0
+    cpu_deadline = 0.0
+    wall_deadline = 0.0
 
 
 def _on_tick(signum: int, frame: object) -> None:
-    if _TimerState.active and _clock() >= _TimerState.deadline:
+    if _TimerState.active and (_cpu() >= _TimerState.cpu_deadline or _clock() >= _TimerState.wall_deadline):
         raise _Interrupt
 
 
 def install_timer(call_timeout_s: float) -> float:
-    """Start the worker's ticker (before any untrusted code runs) and return its period in seconds.
+    """Start the worker's tickers (before any untrusted code runs) and return their period in seconds.
 
-    One periodic timer instead of arming a timer per call: a call costs no system call, a timeout is seen
-    within one period, and after a deadline every tick raises again, so a loop in 'finally' ends too.
+    Periodic timers instead of one armed per call: a call costs no system call, a timeout is seen within a
+    period, and after a deadline every tick raises again, so a loop in 'finally' ends too. One ticks with
+    the process's CPU time (the per-call limit is CPU time, so a loaded machine does not cause timeouts),
+    one with the wall clock (for the total limit, also while the process sleeps).
     """
     period = max(0.001, min(0.005, call_timeout_s / 10))
-    signal.signal(signal.SIGALRM, _on_tick)
-    signal.setitimer(signal.ITIMER_REAL, period, period)
+    for sig, timer, every in ((signal.SIGPROF, signal.ITIMER_PROF, period),
+                              (signal.SIGALRM, signal.ITIMER_REAL, 2 * period)):
+        signal.signal(sig, _on_tick)
+        signal.setitimer(timer, every, every)
     return period
 
 
@@ -86,29 +92,28 @@ def _describe(exc: BaseException, source_lines: list[str]) -> UserError:
 
 
 def guarded_call(fn: Callable, args: tuple, limit_s: float, deadline: float, source_lines: list[str]) -> object:
-    """Call untrusted ``fn`` with a per-call limit and the total deadline; see HarnessContext.call."""
-    start = _clock()
-    left = deadline - start
-    if left <= 0:
+    """Call untrusted ``fn`` with a per-call CPU-time limit and the wall-clock total deadline."""
+    start_cpu = _cpu()
+    if _clock() >= deadline:
         raise TotalTimeout
-    budget = limit_s if limit_s < left else left
-    _TimerState.deadline = start + budget
+    _TimerState.cpu_deadline = start_cpu + limit_s
+    _TimerState.wall_deadline = deadline
     try:
         _TimerState.active = True
         value = fn(*args)
         _TimerState.active = False
     except _Interrupt:
         _TimerState.active = False
-        if budget < limit_s:
+        if _clock() >= deadline:
             raise TotalTimeout from None
-        raise CallTimeout(_clock() - start, limit_s) from None
+        raise CallTimeout(_cpu() - start_cpu, limit_s) from None
     except BaseException as e:  # noqa: BLE001 - everything the untrusted code raises becomes a UserError
         _TimerState.active = False
         raise _describe(e, source_lines) from None
-    now = _clock()
-    if now - start > limit_s:  # the trusted clock decides, whatever happened inside the call
-        raise CallTimeout(now - start, limit_s)
-    if now >= deadline:
+    used = _cpu() - start_cpu
+    if used > limit_s:  # the trusted clock decides, whatever happened inside the call
+        raise CallTimeout(used, limit_s)
+    if _clock() >= deadline:
         raise TotalTimeout
     return value
 
@@ -128,7 +133,8 @@ class HarnessContext:
         self.calls = 0
 
     def call(self, *args: object) -> object:
-        """Call the untrusted function with the per-call limit; raises CallTimeout or UserError."""
+        """Call the untrusted function with the per-call limit (CPU time); raises CallTimeout or UserError
+        (TotalTimeout when the evaluation's wall-clock total runs out: let that one escape)."""
         self.calls += 1
         return guarded_call(self._fn, args, self._limit, self._deadline, self._lines)
 
@@ -146,6 +152,11 @@ class HarnessContext:
     def clock() -> float:
         """Trusted monotonic clock in seconds, bound before the untrusted code was loaded."""
         return _clock()
+
+    @staticmethod
+    def cpu_clock() -> float:
+        """Trusted CPU time of the worker process in seconds (for timing that a busy machine does not skew)."""
+        return _cpu()
 
     def time_left(self) -> float:
         """Seconds left of the evaluation's total_timeout_s."""

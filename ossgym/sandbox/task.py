@@ -27,8 +27,10 @@ class SandboxTask:
     """One kind of evaluation: the required function, the trusted harness that calls it, and limits.
 
     ``harness`` is ``"module.path:function"`` of trusted code imported inside the worker; it is called as
-    ``harness(fn, payload, ctx)`` and returns plain data. ``memory_mb`` is the address space the evaluation
-    may add on top of the warm worker's own. ``seed`` seeds the ``random`` module the untrusted code sees.
+    ``harness(fn, payload, ctx)`` and returns plain data. ``call_timeout_s`` limits the CPU time of each
+    call (so a loaded machine does not cause timeouts); ``total_timeout_s`` is wall clock for the whole
+    evaluation. ``memory_mb`` is the address space the evaluation may add on top of the warm worker's own.
+    ``seed`` seeds the ``random`` module the untrusted code sees.
     """
 
     entrypoint: str
