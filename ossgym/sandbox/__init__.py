@@ -21,8 +21,9 @@ Layers, each of which holds on its own (tests/test_sandbox_redteam.py attacks ea
    builtins only (``type`` never hands out a metaclass); allowed modules are read-only proxies without
    their string-attribute gadgets (operator.attrgetter/methodcaller, functools.update_wrapper/wraps,
    string.Formatter); ``random`` is a private generator seeded from the task.
-3. context.py, trusted calls: a periodic timer raises an exception type the code cannot name inside it
-   (again on every tick after the deadline), the trusted clock is checked after every call, and
+3. context.py, trusted calls: periodic timers (CPU time for the per-call limit, wall clock for the total)
+   raise an exception type the code cannot name inside it (again on every tick after the deadline), the
+   trusted clock is checked after every call, and
    exceptions cross into the harness only as strings (UserError).
 4. worker.py/zygote.py, the process: a fresh fork of a warm template per evaluation, in its own
    process group, network, IPC and UTS namespaces (when the OS allows), an empty chroot and a uid of its
