@@ -344,3 +344,11 @@ def test_call_limit_is_cpu_time_and_total_is_wall_clock(pool):
     assert r.ok and r.value == 5  # 0.1 s asleep is more than the 0.05 s limit in wall time, not in CPU time
     r = pool.evaluate("import time\ndef f(x):\n    time.sleep(30)\n", t, 5)
     assert r.outcome is Outcome.TIMEOUT and r.timeout_kind == "total" and not r.metadata["killed_at_deadline"]
+
+
+def test_a_template_that_cannot_start_is_a_sandbox_error(monkeypatch):
+    import ossgym.sandbox.pool as pool_module
+
+    monkeypatch.setattr(pool_module, "BOOT", "import sys; sys.exit(3)")
+    with SandboxPool(1) as p, pytest.raises(SandboxError):
+        p.evaluate("def f(x):\n    return x\n", task(), 1)

@@ -58,6 +58,7 @@ class _Template:
             b.close()
         self.conns = [a for a, _ in pairs]
         self.reap_pending = [False] * slots
+        self.served = False
         for c in self.conns:
             c.settimeout(_REPLY_TIMEOUT_S)
         self.dead = False
@@ -249,9 +250,13 @@ class SandboxPool:
             finally:
                 os.close(w)
             reply = json.loads(read_frame(conn))
+            tpl.served = True
         except (OSError, EOFError, ValueError) as e:
             os.close(r)
             self._template_failed(tpl, f"no reply to a request: {e}")
+            if not tpl.served:  # it never worked: a broken installation, not a bad evaluation
+                raise SandboxError(f"the sandbox template process failed to start ({e}); its error output "
+                                   "went to this process's stderr") from None
             return SandboxResult(Outcome.CRASHED, None, "the sandbox template process failed; it was replaced",
                                  wall_time_s=time.monotonic() - start)
         if "error" in reply:
