@@ -352,3 +352,14 @@ def test_a_template_that_cannot_start_is_a_sandbox_error(monkeypatch):
     monkeypatch.setattr(pool_module, "BOOT", "import sys; sys.exit(3)")
     with SandboxPool(1) as p, pytest.raises(SandboxError):
         p.evaluate("def f(x):\n    return x\n", task(), 1)
+
+
+def test_template_without_pidfd_still_reaps_by_polling(monkeypatch):
+    import ossgym.sandbox.pool as pool_module
+
+    monkeypatch.setattr(pool_module, "BOOT", "import os\ndel os.pidfd_open\n" + pool_module.BOOT)
+    with SandboxPool(1) as p:
+        for i in range(3):
+            assert p.evaluate("def f(x):\n    return x\n", task(), i).value == i
+        r = p.evaluate("def f(x):\n    return x\n", task("redteam_harnesses:escaped_crash"), 1)
+        assert r.outcome is Outcome.CRASHED and "SIGSEGV" in r.message

@@ -74,7 +74,8 @@ class Template:
         self.spares: list[tuple[int, socket.socket]] = []
         self.pidfds: dict[int, int] = {}  # pidfd -> pid of a dispatched worker
         self.reap_waiters: dict[int, socket.socket] = {}  # pid -> slot waiting for its status
-        self.exited: dict[int, int] = {}  # pid -> pidfd of an exited worker nobody asked about yet
+        self.exited: dict[int, int | None] = {}  # pid -> pidfd of an exited worker nobody asked about yet
+        self.polled: set[int] = set()  # dispatched workers watched by polling (no pidfd_open: Linux < 5.3)
         for name in _PRELOAD:
             importlib.import_module(name)
         self.settle()
@@ -162,7 +163,10 @@ class Template:
                 pid = self.dispatch(result_fd, frame(raw_request) + frame(raw_payload))
             finally:
                 os.close(result_fd)
-            self.pidfds[os.pidfd_open(pid)] = pid
+            try:
+                self.pidfds[os.pidfd_open(pid)] = pid
+            except (AttributeError, OSError):
+                self.polled.add(pid)
             sock.sendall(frame(json.dumps({"pid": pid, "isolation": self.isolation}).encode()))
         elif msg == b"R":
             pid = json.loads(read_frame(sock))["pid"]
@@ -196,17 +200,28 @@ class Template:
                 spare.close()
         raise OSError("no spare worker could take the request")
 
-    def exited_worker(self, pidfd: int) -> None:
+    def exited_worker(self, pidfd: int | None, pid: int) -> None:
         """A dispatched worker exited. It stays a zombie (its pid and process group id stay taken) until the
         pool asks for its status, so the pool's kill of the group can never reach a process that reused it."""
-        pid = self.pidfds.pop(pidfd)
         if pid in self.reap_waiters:
             self.reap(pidfd, pid)
         else:
             self.exited[pid] = pidfd
 
-    def reap(self, pidfd: int, pid: int) -> None:
-        os.close(pidfd)
+    def poll_workers(self) -> None:
+        """The pidfd-less way to notice exits: waitid without reaping (WNOWAIT)."""
+        for pid in list(self.polled):
+            try:
+                info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                info = True
+            if info is not None:
+                self.polled.discard(pid)
+                self.exited_worker(None, pid)
+
+    def reap(self, pidfd: int | None, pid: int) -> None:
+        if pidfd is not None:
+            os.close(pidfd)
         try:
             _, status = os.waitpid(pid, 0)
         except ChildProcessError:
@@ -222,10 +237,13 @@ class Template:
             while self.socks:
                 need_spares = len(self.spares) < self.target_spares
                 watch = [*self.socks, *self.pidfds]
-                ready, _, _ = select.select(watch, [], [], 0 if need_spares else None)
+                timeout = 0 if need_spares else (0.002 if self.polled else None)
+                ready, _, _ = select.select(watch, [], [], timeout)
+                if self.polled:
+                    self.poll_workers()
                 for fd in ready:
                     if fd in self.pidfds:
-                        self.exited_worker(fd)
+                        self.exited_worker(fd, self.pidfds.pop(fd))
                         continue
                     sock = self.socks[fd]
                     try:
@@ -242,7 +260,7 @@ class Template:
                     self.fork_spare()  # one at a time, so requests are never kept waiting for long
         finally:
             self.drop_spares()
-            for pid in [*self.pidfds.values(), *self.exited]:
+            for pid in [*self.pidfds.values(), *self.exited, *self.polled]:
                 try:
                     os.killpg(pid, signal.SIGKILL)
                 except OSError:
