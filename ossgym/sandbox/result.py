@@ -45,7 +45,14 @@ class Violation:
 
 @dataclass(frozen=True)
 class SandboxResult:
-    """The typed result of one evaluation; never carries an object from the untrusted code."""
+    """The typed result of one evaluation; never carries an object from the untrusted code.
+
+    ``value`` is the harness's return for OK, otherwise the last checkpoint (or None). ``metadata`` holds
+    plain data about the run: ``isolation`` (network_namespace, ipc_namespace, uts_namespace, and why not),
+    ``layers`` (chroot, uid, rlimits, no_new_privs, pdeathsig, dumpable_off, tick_s), ``worker_pid``,
+    ``killed_at_deadline``, ``exit_status`` (when the worker gave no record), ``worker_cpu_s`` and
+    ``worker_page_faults``. Keys that need a worker are absent when it was never reached.
+    """
 
     outcome: Outcome
     value: object = None
