@@ -363,3 +363,26 @@ def test_template_without_pidfd_still_reaps_by_polling(monkeypatch):
             assert p.evaluate("def f(x):\n    return x\n", task(), i).value == i
         r = p.evaluate("def f(x):\n    return x\n", task("redteam_harnesses:escaped_crash"), 1)
         assert r.outcome is Outcome.CRASHED and "SIGSEGV" in r.message
+
+
+def test_default_pool_in_a_forked_child_is_its_own():
+    parent = default_pool()
+    assert parent.evaluate("def f(x):\n    return x\n", task(), 1).value == 1
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a new default pool; the parent's must refuse to be used here
+        ok = False
+        try:
+            try:
+                parent.evaluate("def f(x):\n    return x\n", task(), 1)
+            except SandboxError:
+                child = default_pool()
+                ok = child is not parent and child.evaluate("def f(x):\n    return x\n", task(), 2).value == 2
+                child.close()
+        finally:
+            os.write(w, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(w)
+    assert os.read(r, 1) == b"1"
+    os.waitpid(pid, 0)
+    assert parent.evaluate("def f(x):\n    return x\n", task(), 3).value == 3

@@ -50,7 +50,8 @@ class _Template:
 
     def __init__(self, slots: int) -> None:
         pairs = [socket.socketpair() for _ in range(slots)]
-        cfg = {"path": [p for p in sys.path if p] or ["."], "fds": [b.fileno() for _, b in pairs]}
+        # The caller's import path, made absolute, so the same trusted harness modules are found there.
+        cfg = {"path": [os.path.abspath(p) for p in sys.path], "fds": [b.fileno() for _, b in pairs]}
         self.proc = subprocess.Popen(
             [sys.executable, "-s", "-c", BOOT, json.dumps(cfg)], pass_fds=cfg["fds"], env=_ENV,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True, close_fds=True)
@@ -183,6 +184,8 @@ class SandboxPool:
             self._closed = True
             tpl, self._template = self._template, None
             ex, self._executor = self._executor, None
+        if os.getpid() != self._pid:  # a forked copy: the template belongs to the parent process
+            return
         if ex is not None:
             ex.shutdown(wait=False, cancel_futures=True)
         if tpl is not None:
@@ -379,10 +382,11 @@ _default_lock = threading.Lock()
 
 
 def default_pool() -> SandboxPool:
-    """The process-wide pool (one worker per core), created on first use and closed at exit."""
+    """The process-wide pool (one worker per core), created on first use (again in a forked child) and
+    closed at exit."""
     global _default
     with _default_lock:
-        if _default is None or _default._closed:
+        if _default is None or _default._closed or _default._pid != os.getpid():
             _default = SandboxPool()
             atexit.register(_default.close)
         return _default
