@@ -229,6 +229,30 @@ def test_attack_restricted_layer_alone(pool, canary_dir, name):
     assert r.outcome is R or r.timeout_kind == "call"
 
 
+UNCHECKED_COMPILE = {
+    "dunder_import": "def f():\n    return __import__('os')\n",
+    "subclasses": "def f():\n    return ().__class__.__base__.__subclasses__()\n",
+    "gi_frame": "def f():\n    g = (i for i in [1])\n    return g.gi_frame\n",
+    "tb_frame": "def f():\n    try:\n        1 / 0\n    except Exception as e:\n        return e.__traceback__\n",
+    "builtins_dict": "def f():\n    __builtins__['len'] = None\n",
+    "guard_rebinding": "def f():\n    global _getattr_\n    _getattr_ = None\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNCHECKED_COMPILE))
+def test_restricted_compiler_alone_rejects(pool, canary_dir, name):
+    r = attack(pool, canary_dir, "def f(x):\n    return 0\n", {OK}, payload={"source": UNCHECKED_COMPILE[name]},
+               harness="redteam_harnesses:unchecked")
+    assert "compile_error" in r.value
+
+
+@pytest.mark.parametrize("module", ["gc", "sys", "os", "inspect", "importlib", "numpy", "ctypes", "socket"])
+def test_restricted_import_alone_refuses(pool, canary_dir, module):
+    r = attack(pool, canary_dir, "def f(x):\n    return 0\n", {R}, payload={"source": f"def f():\n    import {module}\n"},
+               harness="redteam_harnesses:unchecked")
+    assert r.error_type == "ImportError"
+
+
 def test_bare_except_without_policy_still_ends_by_the_hard_kill(pool, canary_dir):
     src = "def f():\n    while True:\n        try:\n            while True:\n                pass\n        except:\n            pass\n"
     r = attack(pool, canary_dir, "def f(x):\n    return 0\n", {T}, payload={"source": src},
