@@ -386,3 +386,9 @@ def test_default_pool_in_a_forked_child_is_its_own():
     assert os.read(r, 1) == b"1"
     os.waitpid(pid, 0)
     assert parent.evaluate("def f(x):\n    return x\n", task(), 3).value == 3
+
+
+def test_function_cannot_mutate_the_harness_arguments(pool):
+    src = "def f(board):\n    first = board[0][0]\n    board[0][0] = 2048\n    board.append('x')\n    return first\n"
+    r = pool.evaluate(src, task("ossgym.sandbox.testing:call_twice_same_args"), [[2, 4], [8, 16]])
+    assert r.value == [2, 2, [[2, 4], [8, 16]]]

@@ -331,3 +331,9 @@ def test_typing_offers_annotation_names_only(pool, canary_dir):
     for name in ("get_type_hints", "ForwardRef", "NamedTuple", "TypedDict"):
         src = f"import typing\ndef f(x):\n    return typing.{name}\n"
         assert "has no attribute" in attack(pool, canary_dir, src, {R}, allowed_imports=t).message
+
+
+def test_mutating_the_board_it_was_handed_changes_nothing_outside_the_call(pool, canary_dir):
+    src = "def f(board):\n    board[0][0] = 2048\n    board.clear()\n    return 'W'\n"
+    r = attack(pool, canary_dir, src, {OK}, payload=[[2, 0], [0, 2]], harness="ossgym.sandbox.testing:call_twice_same_args")
+    assert r.value == ["W", "W", [[2, 0], [0, 2]]]

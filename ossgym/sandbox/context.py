@@ -118,12 +118,25 @@ def guarded_call(fn: Callable, args: tuple, limit_s: float, deadline: float, sou
     return value
 
 
+def _fresh(value: object) -> object:
+    """A deep copy of the containers in plain data (scalars and other objects are shared)."""
+    t = type(value)
+    if t is list:
+        return [_fresh(v) for v in value]  # type: ignore[union-attr]
+    if t is dict:
+        return {k: _fresh(v) for k, v in value.items()}  # type: ignore[union-attr]
+    if t is tuple:
+        return tuple([_fresh(v) for v in value])  # type: ignore[union-attr]
+    return value
+
+
 class HarnessContext:
     """``ctx`` of a harness: ``call`` the untrusted function, read the trusted ``clock``, ``checkpoint``.
 
-    Harness rules: pass the function fresh copies of plain data (it may mutate what it gets), check the
-    exact type of what it returns before using it (``call_plain`` does), and import everything at module
-    import time (workers run in an empty chroot where nothing more can be imported).
+    Harness rules: pass plain data (``call`` hands the function deep copies, so it cannot change the
+    harness's objects), check the exact type of what it returns before using it (``call_plain`` does),
+    and import everything at module import time (workers run in an empty chroot where nothing more can
+    be imported).
     """
 
     def __init__(self, fn: Callable, call_timeout_s: float, deadline: float, max_output_bytes: int,
@@ -133,10 +146,11 @@ class HarnessContext:
         self.calls = 0
 
     def call(self, *args: object) -> object:
-        """Call the untrusted function with the per-call limit (CPU time); raises CallTimeout or UserError
-        (TotalTimeout when the evaluation's wall-clock total runs out: let that one escape)."""
+        """Call the untrusted function on fresh copies of the arguments (lists, dicts and tuples are copied
+        deeply, so it cannot change the harness's objects) with the per-call limit (CPU time). Raises
+        CallTimeout or UserError (and TotalTimeout when the wall-clock total runs out: let that escape)."""
         self.calls += 1
-        return guarded_call(self._fn, args, self._limit, self._deadline, self._lines)
+        return guarded_call(self._fn, tuple(_fresh(a) for a in args), self._limit, self._deadline, self._lines)
 
     def call_plain(self, *args: object) -> object:
         """``call``, then require plain data with exact types (InvalidOutput otherwise). Use it unless the

@@ -52,3 +52,8 @@ def call_each(fn, payload: list, ctx: HarnessContext) -> list:  # noqa: ANN001
 def call_plain_once(fn, payload: object, ctx: HarnessContext) -> object:  # noqa: ANN001
     """Call ``fn(payload)`` once through ``ctx.call_plain`` (exact plain types required)."""
     return ctx.call_plain(payload)
+
+
+def call_twice_same_args(fn, payload: object, ctx: HarnessContext) -> list:  # noqa: ANN001
+    """Call ``fn(payload)`` twice with the same harness object and return both values and the object."""
+    return [ctx.call(payload), ctx.call(payload), payload]
