@@ -54,7 +54,8 @@ def _marker_processes():
     return found
 
 
-def attack(pool, canary_dir, source, allowed, payload=None, harness="ossgym.sandbox.testing:call_once", **kw):
+def attack(pool, canary_dir, source, allowed, payload=None, harness="ossgym.sandbox.testing:call_once",
+           empty_canary_ok=False, **kw):
     """Run one attack and check the invariants every attack must keep."""
     canary = canary_dir / "owned.txt"
     before = _caller_state()
@@ -63,6 +64,9 @@ def attack(pool, canary_dir, source, allowed, payload=None, harness="ossgym.sand
     r = pool.evaluate(source, task, payload)
     assert r.outcome in allowed, (r.outcome, r.message)
     assert _caller_state() == before
+    if empty_canary_ok and canary.exists():  # without root there is no chroot: RLIMIT_FSIZE=0 keeps it empty
+        assert canary.stat().st_size == 0
+        canary.unlink()
     assert not canary.exists()
     assert _marker_processes() == []
     return r
@@ -262,12 +266,14 @@ def test_bare_except_without_policy_still_ends_by_the_hard_kill(pool, canary_dir
 
 # --- the process layer alone (attacker already escaped Python) --------------------------------------------------
 def test_escaped_attacker_is_contained(pool, canary_dir):
-    r = attack(pool, canary_dir, "def f(x):\n    return 0\n", {OK}, harness="redteam_harnesses:escaped_probe")
+    root = os.getuid() == 0
+    r = attack(pool, canary_dir, "def f(x):\n    return 0\n", {OK}, harness="redteam_harnesses:escaped_probe",
+               empty_canary_ok=not root)
     probe = r.value
     assert probe["env"] == {}
     assert probe["cwd_listing"] == []
     assert probe["write_file"].startswith("blocked")
-    if os.getuid() == 0:  # the layers that need root to set up
+    if root:  # the layers that need root to set up
         assert probe["uid"] >= 200_000 and r.metadata["layers"]["chroot"] is True
         again = attack(pool, canary_dir, "def f(x):\n    return 0\n", {OK}, harness="redteam_harnesses:escaped_probe")
         assert again.value["uid"] != probe["uid"]  # one uid per worker: workers cannot signal each other
