@@ -1,0 +1,392 @@
+"""The caller's side: a bounded pool that sends evaluations to a warm template process, reads framed plain
+data back from each forked worker, kills the worker's whole process group on the wall-clock deadline, and
+turns whatever happened into a typed SandboxResult. A dead template is replaced; nothing here raises
+because of the untrusted code, and nothing waits without a deadline.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import queue
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+
+from ossgym.errors import ConfigError, SandboxError
+from ossgym.sandbox.result import (Outcome, PlainDataError, SandboxResult, Violation, decode_plain,
+                                   encode_plain)
+from ossgym.sandbox.task import SandboxTask
+from ossgym.sandbox.zygote import BOOT, frame, read_frame
+
+log = logging.getLogger(__name__)
+
+# The template's whole environment (nothing is inherited). A fixed hash seed keeps str/set iteration order,
+# and so the untrusted code's behaviour, the same across pools and machines (invariant 5).
+_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
+        "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+_REPLY_TIMEOUT_S = 60.0  # a reply from the template (fork or reap); longer only while it imports a harness
+_MAX_PAYLOAD_BYTES = 256 << 20
+_STR_CAP = 10_000
+
+
+def grace_s(task: SandboxTask) -> float:
+    """Extra wall-clock time the caller allows past total_timeout_s before it kills the worker."""
+    return 0.25 + 0.1 * task.total_timeout_s
+
+
+class _Template:
+    """One running template process and one socket per pool slot."""
+
+    def __init__(self, slots: int) -> None:
+        pairs = [socket.socketpair() for _ in range(slots)]
+        # The caller's import path, made absolute, so the same trusted harness modules are found there.
+        cfg = {"path": [os.path.abspath(p) for p in sys.path], "fds": [b.fileno() for _, b in pairs]}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-s", "-c", BOOT, json.dumps(cfg)], pass_fds=cfg["fds"], env=_ENV,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+        for _, b in pairs:
+            b.close()
+        self.conns = [a for a, _ in pairs]
+        self.reap_pending = [False] * slots
+        self.served = False
+        for c in self.conns:
+            c.settimeout(_REPLY_TIMEOUT_S)
+        self.dead = False
+
+    def close(self) -> None:
+        self.dead = True
+        for c in self.conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
+def _kill_group(pid: int) -> None:
+    for kill, target in ((os.killpg, pid), (os.kill, pid)):
+        try:
+            kill(target, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class _Frames:
+    """Incremental parser of the worker's result frames, with a per-frame size cap."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.buf = cap, bytearray()
+        self.checkpoint: bytes | None = None
+        self.value: bytes | None = None
+        self.record: bytes | None = None
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+        while len(self.buf) >= 5 and self.record is None:
+            kind = bytes(self.buf[:1])
+            (n,) = struct.unpack(">I", self.buf[1:5])
+            if n > self.cap or kind not in (b"c", b"v", b"r"):
+                raise PlainDataError(f"worker sent a frame of {n} bytes (cap {self.cap}) or of unknown kind")
+            if len(self.buf) < 5 + n:
+                return
+            body = bytes(self.buf[5:5 + n])
+            del self.buf[:5 + n]
+            if kind == b"c":
+                self.checkpoint = body
+            elif kind == b"v":
+                self.value = body
+            else:
+                self.record = body
+
+
+def _str(record: dict, key: str, cap: int = _STR_CAP) -> str | None:
+    v = record.get(key)
+    if v is None:
+        return None
+    if type(v) is not str:
+        raise PlainDataError(f"field {key} is not a str")
+    return v[:cap]
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+class SandboxPool:
+    """A bounded, thread-safe pool of sandbox workers (forked per evaluation from one warm template).
+
+    ``workers`` bounds how many evaluations run at once (default: the number of CPU cores). Use as a
+    context manager or call ``close()``.
+    """
+
+    def __init__(self, workers: int | None = None) -> None:
+        if workers is None:
+            workers = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        if type(workers) is not int or workers < 1:
+            raise ConfigError("workers", f"{workers!r} is not a positive int", "use e.g. 2, or None for one per core")
+        self.workers = workers
+        self._lock = threading.Lock()
+        self._slots: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for i in range(workers):
+            self._slots.put(i)
+        self._template: _Template | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
+        self._pid = os.getpid()
+        self.restarts = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def _get_template(self) -> _Template:
+        with self._lock:
+            if self._closed:
+                raise SandboxError("the sandbox pool is closed; create a new SandboxPool")
+            if os.getpid() != self._pid:
+                raise SandboxError("this sandbox pool was created in another process (before a fork); "
+                                   "create pools after forking, or use default_pool() in each process")
+            if self._template is None or self._template.dead or self._template.proc.poll() is not None:
+                if self._template is not None:
+                    self.restarts += 1
+                    log.warning("sandbox template process died; starting a new one")
+                    self._template.close()
+                self._template = _Template(self.workers)
+            return self._template
+
+    def _template_failed(self, tpl: _Template, why: str) -> None:
+        log.warning("sandbox template failed (%s); it will be replaced", why)
+        with self._lock:
+            tpl.dead = True
+            try:
+                tpl.proc.kill()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Stop the template process (and with it any running worker)."""
+        with self._lock:
+            self._closed = True
+            tpl, self._template = self._template, None
+            ex, self._executor = self._executor, None
+        if os.getpid() != self._pid:  # a forked copy: the template belongs to the parent process
+            return
+        if ex is not None:
+            ex.shutdown(wait=False, cancel_futures=True)
+        if tpl is not None:
+            tpl.close()
+
+    def __enter__(self) -> SandboxPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    # --- evaluation --------------------------------------------------------------------------------
+    def evaluate(self, source: str, task: SandboxTask, payload: object = None) -> SandboxResult:
+        """Run ``source`` under ``task`` with ``payload`` in a fresh worker; always a typed result."""
+        if not isinstance(task, SandboxTask):
+            raise ConfigError("task", f"{type(task).__name__} is not a SandboxTask", "pass a SandboxTask")
+        start = time.monotonic()
+        if type(source) is not str or len(source) > task.max_source_bytes:
+            why = "the source must be a str" if type(source) is not str else \
+                f"the source is longer than {task.max_source_bytes} bytes"
+            return SandboxResult(Outcome.POLICY_VIOLATION, None, why, (Violation(1, 0, why),),
+                                 wall_time_s=time.monotonic() - start)
+        try:
+            payload_bytes = encode_plain(payload, _MAX_PAYLOAD_BYTES)
+        except PlainDataError as e:
+            raise ConfigError("payload", str(e), "pass plain data (None, bool, int, float, str, list, tuple, dict)") from None
+        fields = asdict(task)
+        fields["allowed_imports"] = sorted(task.allowed_imports)
+        request = json.dumps({"source": source, "task": fields, "harness": task.harness}).encode()
+        slot = self._slots.get()
+        try:
+            result = self._run(slot, request, payload_bytes, task, start)
+        finally:
+            self._slots.put(slot)
+        return result
+
+    def evaluate_batch(self, items: Sequence[tuple[str, object]], task: SandboxTask) -> list[SandboxResult]:
+        """Evaluate (source, payload) pairs in parallel across the pool; results in the same order."""
+        items = list(items)
+        if not items:
+            return []
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="ossgym-sandbox")
+            ex = self._executor
+        return list(ex.map(lambda it: self.evaluate(it[0], task, it[1]), items))
+
+    def _run(self, slot: int, request: bytes, payload: bytes, task: SandboxTask, start: float) -> SandboxResult:
+        tpl = self._get_template()
+        conn = tpl.conns[slot]
+        r, w = os.pipe()
+        try:
+            if tpl.reap_pending[slot]:  # the status of this slot's previous worker (normally already here)
+                tpl.reap_pending[slot] = False
+                read_frame(conn)
+            try:
+                socket.send_fds(conn, [b"E"], [w])
+                conn.sendall(frame(request) + frame(payload))
+            finally:
+                os.close(w)
+            reply = json.loads(read_frame(conn))
+            tpl.served = True
+        except (OSError, EOFError, ValueError) as e:
+            os.close(r)
+            self._template_failed(tpl, f"no reply to a request: {e}")
+            if not tpl.served:  # it never worked: a broken installation, not a bad evaluation
+                raise SandboxError(f"the sandbox template process failed to start ({e}); its error output "
+                                   "went to this process's stderr") from None
+            return SandboxResult(Outcome.CRASHED, None, "the sandbox template process failed; it was replaced",
+                                 wall_time_s=time.monotonic() - start)
+        if "error" in reply:
+            os.close(r)
+            raise SandboxError(str(reply["error"]))
+        pid, isolation = int(reply["pid"]), reply.get("isolation", {})
+        frames, killed_at_deadline, bad_frames = self._read(r, pid, task, start)
+        status = None
+        try:
+            conn.sendall(b"R" + frame(json.dumps({"pid": pid}).encode()))
+            if frames.record is None:  # the exit status is needed to say what happened
+                status = json.loads(read_frame(conn))["status"]
+            else:  # read it at the slot's next use, off this evaluation's path
+                tpl.reap_pending[slot] = True
+        except (OSError, EOFError, ValueError, KeyError) as e:
+            self._template_failed(tpl, f"no reap reply: {e}")
+        wall = time.monotonic() - start
+        meta = {"isolation": isolation, "worker_pid": pid, "killed_at_deadline": killed_at_deadline,
+                "exit_status": status}
+        return self._build(frames, bad_frames, killed_at_deadline, status, task, wall, meta)
+
+    def _read(self, r: int, pid: int, task: SandboxTask, start: float) -> tuple[_Frames, bool, str | None]:
+        """Read frames until the record arrives, EOF, or the deadline; the process group dies in any case."""
+        cap = 13 * task.max_output_bytes + (64 << 10)
+        frames = _Frames(cap)
+        deadline = start + task.total_timeout_s + grace_s(task)
+        killed, bad = False, None
+        try:
+            while frames.record is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    killed = True
+                    break
+                ready, _, _ = select.select([r], [], [], left)
+                if not ready:
+                    continue
+                chunk = os.read(r, 1 << 20)
+                if not chunk:
+                    break
+                try:
+                    frames.feed(chunk)
+                except PlainDataError as e:
+                    bad = str(e)
+                    break
+        finally:
+            _kill_group(pid)
+            os.close(r)
+        return frames, killed, bad
+
+    def _build(self, frames: _Frames, bad: str | None, killed: bool, status: int | None, task: SandboxTask,
+               wall: float, meta: dict) -> SandboxResult:
+        cap = task.max_output_bytes
+        checkpoint = None
+        if frames.checkpoint is not None:
+            try:
+                checkpoint = decode_plain(frames.checkpoint, cap)
+            except PlainDataError as e:
+                bad = bad or f"checkpoint: {e}"
+        if bad is not None:
+            return SandboxResult(Outcome.INVALID_OUTPUT, checkpoint, f"invalid output: {bad}", wall_time_s=wall,
+                                 metadata=meta)
+        if frames.record is not None:
+            try:
+                return self._from_record(frames, checkpoint, cap, wall, meta)
+            except (Exception, RecursionError) as e:  # noqa: BLE001 - the worker may be hostile: any flaw is typed
+                return SandboxResult(Outcome.INVALID_OUTPUT, checkpoint, f"malformed result from the worker: {e}",
+                                     wall_time_s=wall, metadata=meta)
+        if killed:
+            return SandboxResult(Outcome.TIMEOUT, checkpoint, f"killed after the total limit of "
+                                 f"{task.total_timeout_s}s (wall clock)", timeout_kind="total",
+                                 wall_time_s=wall, metadata=meta)
+        if status is not None and os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            if sig == signal.SIGXCPU:
+                return SandboxResult(Outcome.TIMEOUT, checkpoint, "killed after its CPU time limit",
+                                     timeout_kind="total", wall_time_s=wall, metadata=meta)
+            hint = " (possibly out of memory)" if sig == signal.SIGKILL else ""
+            return SandboxResult(Outcome.CRASHED, checkpoint, f"the worker was killed by {_signal_name(sig)}{hint}",
+                                 wall_time_s=wall, metadata=meta)
+        if status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 77:  # worker.EXIT_MEMORY
+            return SandboxResult(Outcome.MEMORY_EXCEEDED, checkpoint, "the worker ran out of memory",
+                                 wall_time_s=wall, metadata=meta)
+        code = os.WEXITSTATUS(status) if status is not None and os.WIFEXITED(status) else None
+        return SandboxResult(Outcome.CRASHED, checkpoint, f"the worker exited (code {code}) without a result",
+                             wall_time_s=wall, metadata=meta)
+
+    @staticmethod
+    def _from_record(frames: _Frames, checkpoint: object, cap: int, wall: float, meta: dict) -> SandboxResult:
+        record = json.loads(frames.record)  # type: ignore[arg-type]
+        if type(record) is not dict:
+            raise PlainDataError("the record is not a dict")
+        outcome = Outcome(record["outcome"])
+        value = checkpoint
+        if outcome is Outcome.OK:
+            if frames.value is None:
+                raise PlainDataError("ok without a value")
+            value = decode_plain(frames.value, cap)
+        violations = []
+        for item in record.get("violations") or []:
+            line, col, msg = item
+            if type(line) is not int or type(col) is not int or type(msg) is not str:
+                raise PlainDataError("malformed violation")
+            violations.append(Violation(line, col, msg[:1000]))
+        timeout_kind = _str(record, "timeout_kind")
+        if timeout_kind not in (None, "call", "total"):
+            raise PlainDataError("bad timeout_kind")
+        worker_meta = record.get("metadata") or {}
+        if type(worker_meta) is not dict:
+            raise PlainDataError("metadata is not a dict")
+        return SandboxResult(
+            outcome=outcome, value=value, message=_str(record, "message") or "", violations=tuple(violations[:200]),
+            error_type=_str(record, "error_type", 200), traceback=_str(record, "traceback"),
+            timeout_kind=timeout_kind, stdout=_str(record, "stdout", 4 * cap) or "",
+            stderr=_str(record, "stderr", 4 * cap) or "", wall_time_s=wall,
+            metadata={**meta, **{k: v for k, v in worker_meta.items() if type(k) is str}})
+
+
+_default: SandboxPool | None = None
+_default_lock = threading.Lock()
+
+
+def default_pool() -> SandboxPool:
+    """The process-wide pool (one worker per core), created on first use (again in a forked child) and
+    closed at exit."""
+    global _default
+    with _default_lock:
+        if _default is None or _default._closed or _default._pid != os.getpid():
+            _default = SandboxPool()
+            atexit.register(_default.close)
+        return _default
