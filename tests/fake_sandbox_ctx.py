@@ -1,48 +1,20 @@
 """TEST-ONLY fake of the sandbox worker's ``ctx`` (issue 3 contract), with a deterministic fake clock.
 
-The real sandbox was not on this branch when the harnesses were written. ``sandbox_errors`` returns the
-real ``CallTimeout``/``UserError`` when ``ossgym.sandbox`` imports, else registers stand-ins under that
-name so the harnesses' lazy import finds them. Time is simulated: each call costs ``call_cost_s`` of fake
+It raises the real sandbox's ``CallTimeout``/``UserError``, so the harnesses see what the worker would
+give them, without forking a worker. Time is simulated: each call costs ``call_cost_s`` of fake
 time plus whatever the function "spends" with ``FakeCtx.spend``, so budget tests are exact, not timed.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
-import sys
-import types
-
-
-class _StandInCallTimeout(BaseException):
-    """Stand-in for ossgym.sandbox.CallTimeout."""
-
-
-class _StandInUserError(BaseException):
-    """Stand-in for ossgym.sandbox.UserError(type_name, message, traceback)."""
-
-    def __init__(self, type_name: str, message: str, traceback: str | None = None):
-        super().__init__(type_name, message)
-        self.type_name, self.message, self.traceback = type_name, message, traceback
 
 
 def sandbox_errors() -> tuple[type[BaseException], type[BaseException]]:
-    """(CallTimeout, UserError): the real ones if the sandbox exists, else stand-ins registered for import."""
-    try:
-        mod = importlib.import_module("ossgym.sandbox")
-        return mod.CallTimeout, mod.UserError
-    except ImportError:
-        fake = types.ModuleType("ossgym.sandbox")
-        fake.CallTimeout, fake.UserError = _StandInCallTimeout, _StandInUserError
-        sys.modules["ossgym.sandbox"] = fake
-        return _StandInCallTimeout, _StandInUserError
+    """(CallTimeout, UserError) of the real sandbox."""
+    from ossgym.sandbox import CallTimeout, UserError
 
-
-def _new_timeout(cls: type[BaseException]) -> BaseException:
-    try:
-        return cls()
-    except TypeError:
-        return cls.__new__(cls)  # real class with a constructor we do not know: attributes are unused
+    return CallTimeout, UserError
 
 
 class FakeCtx:
@@ -53,6 +25,7 @@ class FakeCtx:
         self.total_s, self.call_limit_s, self.call_cost_s = total_s, call_limit_s, call_cost_s
         self.now = 0.0
         self.calls = 0
+        self.last_call_s = 0.0
         self.checkpoints: list = []
         self._spent = 0.0
         self.CallTimeout, self.UserError = sandbox_errors()
@@ -84,9 +57,10 @@ class FakeCtx:
             self.now += self.call_cost_s + self._spent
             raise self.UserError(type(exc).__name__, str(exc), f'File "<strategy>", line 1\n{type(exc).__name__}: {exc}')
         cost = self.call_cost_s + self._spent
+        self.last_call_s = cost
         if cost > self.call_limit_s:
             self.now += self.call_limit_s
-            raise _new_timeout(self.CallTimeout)
+            raise self.CallTimeout(cost, self.call_limit_s)
         self.now += cost
         return result
 

@@ -8,15 +8,13 @@ import pytest
 
 from fake_sandbox_ctx import FakeCtx, assert_plain
 from ossgym.envs.code.harness2048 import GAME_ENDS, describe_value, harness, make_payload
-from standin_engine2048 import engine_module
+from ossgym.envs.game2048 import engine as ENGINE
 
-ENGINE = engine_module()
 
 
 def replay(seed: int, moves: str, size: int = 4):
     """What the trusted caller does: replay the moves with its own engine and generator."""
     game = ENGINE.Game2048(size=size, rng=np.random.default_rng(seed))
-    game.reset()
     for key in moves:
         game.step(ENGINE.KEY_TO_ACTION[key])
     return game

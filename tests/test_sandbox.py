@@ -237,6 +237,23 @@ def test_batch_keeps_order(pool):
     assert results[-1].outcome is Outcome.RUNTIME_ERROR
 
 
+def test_batch_items_may_carry_their_own_task(pool):
+    src = "import random\ndef f(x):\n    return random.random()\n"
+    items = [(src, None, task(seed=s)) for s in (1, 2, 1)]
+    a, b, c = (r.value for r in pool.evaluate_batch(items))
+    assert a == c and a != b  # the task's seed seeds the code's random, per item
+    with pytest.raises(ConfigError, match="task"):
+        pool.evaluate_batch([(src, None)])
+
+
+def test_last_call_time_is_measured_by_the_trusted_side(pool):
+    src = "def f(x):\n    t = 0\n    for i in range(x):\n        t += i\n    return t\n"
+    r = pool.evaluate(src, task("ossgym.sandbox.testing:call_timed"), 200000)
+    assert r.ok, r.message
+    value, elapsed = r.value
+    assert value == sum(range(200000)) and 0.0 < elapsed < 5.0
+
+
 def test_pool_recovers_after_template_dies():
     with SandboxPool(1) as p:
         assert p.evaluate("def f(x):\n    return x\n", task(), 1).value == 1

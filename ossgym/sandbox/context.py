@@ -144,13 +144,19 @@ class HarnessContext:
         self._fn, self._limit, self._deadline = fn, call_timeout_s, deadline
         self._max_bytes, self._send, self._lines = max_output_bytes, send_checkpoint, source_lines
         self.calls = 0
+        self.last_call_s = 0.0  # wall time of the last call itself (the argument copy excluded)
 
     def call(self, *args: object) -> object:
         """Call the untrusted function on fresh copies of the arguments (lists, dicts and tuples are copied
         deeply, so it cannot change the harness's objects) with the per-call limit (CPU time). Raises
         CallTimeout or UserError (and TotalTimeout when the wall-clock total runs out: let that escape)."""
         self.calls += 1
-        return guarded_call(self._fn, tuple(_fresh(a) for a in args), self._limit, self._deadline, self._lines)
+        args = tuple(_fresh(a) for a in args)
+        start = _clock()
+        try:
+            return guarded_call(self._fn, args, self._limit, self._deadline, self._lines)
+        finally:
+            self.last_call_s = _clock() - start
 
     def call_plain(self, *args: object) -> object:
         """``call``, then require plain data with exact types (InvalidOutput otherwise). Use it unless the

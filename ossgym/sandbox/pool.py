@@ -228,16 +228,28 @@ class SandboxPool:
             self._slots.put(slot)
         return result
 
-    def evaluate_batch(self, items: Sequence[tuple[str, object]], task: SandboxTask) -> list[SandboxResult]:
-        """Evaluate (source, payload) pairs in parallel across the pool; results in the same order."""
-        items = list(items)
-        if not items:
+    def evaluate_batch(self, items: Sequence[tuple], task: SandboxTask | None = None) -> list[SandboxResult]:
+        """Evaluate items in parallel across the pool; results in the same order.
+
+        Each item is ``(source, payload)``, run under ``task``, or ``(source, payload, task)`` with a task
+        of its own (e.g. its own ``seed``).
+        """
+        jobs = []
+        for item in items:
+            if len(item) == 3:
+                jobs.append(tuple(item))
+            elif task is None:
+                raise ConfigError("task", "an item (source, payload) needs the batch's task",
+                                  "pass task=SandboxTask(...) or items (source, payload, task)")
+            else:
+                jobs.append((item[0], item[1], task))
+        if not jobs:
             return []
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="ossgym-sandbox")
             ex = self._executor
-        return list(ex.map(lambda it: self.evaluate(it[0], task, it[1]), items))
+        return list(ex.map(lambda job: self.evaluate(job[0], job[2], job[1]), jobs))
 
     def _run(self, slot: int, request: bytes, payload: bytes, task: SandboxTask, start: float) -> SandboxResult:
         tpl = self._get_template()

@@ -57,3 +57,9 @@ def call_plain_once(fn, payload: object, ctx: HarnessContext) -> object:  # noqa
 def call_twice_same_args(fn, payload: object, ctx: HarnessContext) -> list:  # noqa: ANN001
     """Call ``fn(payload)`` twice with the same harness object and return both values and the object."""
     return [ctx.call(payload), ctx.call(payload), payload]
+
+
+def call_timed(fn, payload: object, ctx: HarnessContext) -> list:  # noqa: ANN001
+    """Call ``fn(payload)`` once; return ``[value, seconds the call itself took]`` (``ctx.last_call_s``)."""
+    value = ctx.call(payload)
+    return [value, ctx.last_call_s]

@@ -15,6 +15,7 @@ How a game ends (``end`` in each game record):
 end            meaning
 ============== =====================================================================================
 over           no move changes the board any more (a normal game over)
+target         the target tile (``payload["target"]``, when set) was reached: the game is won
 invalid_output the strategy returned something other than exactly one of the str "W", "A", "S", "D"
                (a str subclass counts as invalid); ``detail`` says what came back
 timeout        one call took longer than the per-call limit (``CallTimeout``)
@@ -31,13 +32,17 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from numpy.random import default_rng
+
+from ossgym.envs.game2048.engine import KEY_TO_ACTION, Game2048
 from ossgym.errors import ConfigError
+from ossgym.sandbox import CallTimeout, UserError
 
 _FIX = "Build the payload with harness2048.make_payload."
 
 __all__ = ["harness", "make_payload", "replay_result", "ReplayedGame", "GAME_ENDS", "describe_value"]
 
-GAME_ENDS = ("over", "invalid_output", "timeout", "error", "budget", "move_limit", "stalled")
+GAME_ENDS = ("over", "target", "invalid_output", "timeout", "error", "budget", "move_limit", "stalled")
 _DETAIL_CHARS = 300
 _TRACEBACK_CHARS = 2000
 _BUILTIN_NAMES = {
@@ -58,6 +63,7 @@ def make_payload(
     size: int = 4,
     max_moves: int = 10_000,
     max_stalled_moves: int = 20,
+    target: int = 0,
     game_time_s: float | None = None,
     reserve_s: float = 0.1,
 ) -> dict:
@@ -67,6 +73,7 @@ def make_payload(
         "size": int(size),
         "max_moves": int(max_moves),
         "max_stalled_moves": int(max_stalled_moves),
+        "target": int(target),
         "game_time_s": None if game_time_s is None else float(game_time_s),
         "reserve_s": float(reserve_s),
     }
@@ -82,7 +89,7 @@ def _check_payload(p: Any) -> None:
         raise ConfigError("payload['seeds']", "must be a list of ints >= 0", _FIX)
     if type(p.get("size")) is not int or not 3 <= p["size"] <= 8:
         raise ConfigError("payload['size']", "must be an int in 3..8", _FIX)
-    for key in ("max_moves", "max_stalled_moves"):
+    for key in ("max_moves", "max_stalled_moves", "target"):
         if type(p.get(key)) is not int or p[key] < 0:
             raise ConfigError(f"payload[{key!r}]", "must be an int >= 0", _FIX)
     gt = p.get("game_time_s")
@@ -103,12 +110,6 @@ def describe_value(x: object) -> str:
     return _BUILTIN_NAMES.get(t, "an object of another type")
 
 
-def _sandbox_errors() -> tuple[type[BaseException], type[BaseException]]:
-    from ossgym.sandbox import CallTimeout, UserError
-
-    return CallTimeout, UserError
-
-
 def harness(fn: Any, payload: dict, ctx: Any) -> dict:
     """Play ``payload['seeds']`` games with the untrusted ``fn`` (via ``ctx.call``); return plain game records.
 
@@ -116,12 +117,9 @@ def harness(fn: Any, payload: dict, ctx: Any) -> dict:
     with one record per seed, in order. After each game ``ctx.checkpoint`` gets the records so far.
     """
     _check_payload(payload)
-    from ossgym.envs.game2048.engine import KEY_TO_ACTION, Game2048
-    import numpy as np
-
-    CallTimeout, UserError = _sandbox_errors()
     seeds: list[int] = payload["seeds"]
     size, max_moves = payload["size"], payload["max_moves"]
+    target = payload["target"] or math.inf  # 0: play on until the game is over
     max_stalled, reserve = payload["max_stalled_moves"], payload["reserve_s"]
     game_time = payload["game_time_s"] if payload["game_time_s"] is not None else math.inf
     clock, time_left, call = ctx.clock, ctx.time_left, ctx.call
@@ -133,12 +131,14 @@ def harness(fn: Any, payload: dict, ctx: Any) -> dict:
         # This game's share of what is left: a slow strategy cannot starve the later games.
         share = (time_left() - reserve) / (len(seeds) - index)
         deadline = start + min(game_time, share)
-        game = Game2048(size=size, rng=np.random.default_rng(seed))
-        game.reset()
+        game = Game2048(size=size, rng=default_rng(seed))  # starts the game (two tiles)
         moves: list[str] = []
         stalled = 0
         end, detail, error_type, trace = "over", "", None, None
         while True:
+            if game.max_tile >= target:
+                end = "target"
+                break
             if game.is_over():
                 end = "over"
                 break
@@ -210,9 +210,6 @@ def replay_result(result: Any, payload: dict) -> list[ReplayedGame]:
     of ``payload`` gets a game: a game missing from ``result`` (worker killed) or with a malformed record
     replays as zero moves. Only the seed and the move letters are used to compute the outcome.
     """
-    from ossgym.envs.game2048.engine import KEY_TO_ACTION, Game2048
-    import numpy as np
-
     _check_payload(payload)
     records = result.get("games") if type(result) is dict else None
     records = records if type(records) is list else []
@@ -234,8 +231,7 @@ def replay_result(result: Any, payload: dict) -> list[ReplayedGame]:
                 detail = record["detail"] if type(record.get("detail")) is str else ""
             else:
                 end, detail = "bad_record", "the game record was malformed and counts as no moves"
-        game = Game2048(size=payload["size"], rng=np.random.default_rng(seed))
-        game.reset()
+        game = Game2048(size=payload["size"], rng=default_rng(seed))  # starts the game (two tiles)
         for key in moves:
             game.step(KEY_TO_ACTION[key])
         games.append(ReplayedGame(seed, len(moves), int(game.score), int(game.max_tile), bool(game.is_over()), end, detail))
