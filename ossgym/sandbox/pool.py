@@ -191,6 +191,15 @@ class SandboxPool:
         if tpl is not None:
             tpl.close()
 
+    def __copy__(self) -> SandboxPool:
+        """A pool is a handle to processes: a copy is the same pool."""
+        return self
+
+    def __deepcopy__(self, memo: dict) -> SandboxPool:
+        """A pool is a handle to processes: a deep copy (e.g. ``gymnasium.make`` copying its keyword
+        arguments, ``pool=`` among them) is the same pool, not a crash on its lock."""
+        return self
+
     def __enter__(self) -> SandboxPool:
         return self
 

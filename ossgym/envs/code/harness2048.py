@@ -19,7 +19,9 @@ target         the target tile (``payload["target"]``, when set) was reached: th
 invalid_output the strategy returned something other than exactly one of the str "W", "A", "S", "D"
                (a str subclass counts as invalid); ``detail`` says what came back
 timeout        one call took longer than the per-call limit (``CallTimeout``)
-error          the strategy raised; ``error_type``, ``detail`` (message) and ``traceback`` say where
+error          the strategy raised; ``error_type``, ``detail`` (message) and ``traceback`` say where.
+               A ``MemoryError`` (the evaluation's memory limit) also ends the evaluation: after this
+               game's checkpoint the harness lets it escape, so the result is MEMORY_EXCEEDED
 budget         the evaluation's time (total, or this game's share of it) ran out; counts as far as it got
 move_limit     ``max_moves`` moves were played
 stalled        more than ``max_stalled_moves`` consecutive moves changed nothing
@@ -135,6 +137,7 @@ def harness(fn: Any, payload: dict, ctx: Any) -> dict:
         moves: list[str] = []
         stalled = 0
         end, detail, error_type, trace = "over", "", None, None
+        out_of_memory: UserError | None = None
         while True:
             if game.max_tile >= target:
                 end = "target"
@@ -160,6 +163,8 @@ def harness(fn: Any, payload: dict, ctx: Any) -> dict:
                 detail = str(getattr(exc, "message", ""))[:_DETAIL_CHARS]
                 tb = getattr(exc, "traceback", None)
                 trace = None if tb is None else str(tb)[-_TRACEBACK_CHARS:]
+                if error_type == "MemoryError":  # the evaluation's memory limit, not this game's bad luck
+                    out_of_memory = exc
                 break
             if type(key) is not str or key not in key_to_action:
                 end = "invalid_output"
@@ -187,6 +192,9 @@ def harness(fn: Any, payload: dict, ctx: Any) -> dict:
             }
         )
         ctx.checkpoint({"games": [dict(g) for g in games]})
+        if out_of_memory is not None:
+            # Let it escape: the worker reports MEMORY_EXCEEDED with the games so far (this one as an error).
+            raise out_of_memory
     return {"games": games}
 
 

@@ -159,9 +159,12 @@ class Strategy2048Task(CodeTask):
         lines.append("Game ends: " + ", ".join(f"{k} {v}" for k, v in sorted(ends.items())) + ".")
         for g in failed[:1]:
             lines.append(f"A game ended by {g.end} after {g.moves} moves: {g.detail}")
-        record = next((r for r in (result.value or {}).get("games", []) if type(r) is dict and r.get("traceback")), None)
-        if record is not None:
-            lines.append(str(record["traceback"])[-600:])
+        # The value is plain data but its shape is not trusted (a hostile worker could send anything).
+        records = result.value.get("games") if type(result.value) is dict else None
+        records = records if type(records) is list else []
+        trace = next((r["traceback"] for r in records if type(r) is dict and type(r.get("traceback")) is str), None)
+        if trace:
+            lines.append(trace[-600:])
         details = {
             "games": [{"seed": g.seed, "moves": g.moves, "score": g.score, "max_tile": g.max_tile, "end": g.end}
                       for g in games],
