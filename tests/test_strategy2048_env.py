@@ -524,3 +524,14 @@ def test_checkpoint_of_a_killed_worker_counts_as_far_as_it_got(small_task):
     _, (components, _, details) = _judge(small_task, {"games": [first]}, Outcome.TIMEOUT)
     assert details["games"][0]["moves"] == 120 and details["games"][0]["score"] > 0
     assert components["crash"] == -1.0
+
+
+def test_workers_inherit_the_engine_tables(pool):
+    # Built lazily, the 4x4 tables cost every evaluation ~0.3 s of its time budget (the first game was cut
+    # at 0 moves with time_budget_s=1). The harness builds them at import, before the template forks workers.
+    from ossgym.sandbox import SandboxTask
+
+    task = SandboxTask(entrypoint="f", harness="probe_harnesses:engine_tables_ready")
+    for _ in range(2):
+        r = pool.evaluate("def f(x):\n    return 1\n", task, None)
+        assert r.ok and r.value == {"tables_cached": 1}, (r.outcome, r.message, r.value)
