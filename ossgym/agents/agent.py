@@ -22,6 +22,7 @@ import torch
 
 from ossgym.agents.gptoss.tokenizer import STOP_TOKEN_IDS, load_tokenizer
 from ossgym.errors import ConfigError, ModelError
+from ossgym.harmony import parse_harmony
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -79,18 +80,6 @@ class Generation:
     finish_reason: str  # "stop" (<|return|>, <|call|> or <|endoftext|> was sampled) or "length"
     prompt_index: int  # which prompt of the request
     sample_index: int  # which of its num_samples
-
-
-def _final_text(text: str) -> str | None:
-    """The text of the last final channel of a raw Harmony completion, or None."""
-    # TODO(lead): replace with ossgym.harmony.parse_harmony(text).final once that module is merged.
-    marker = "<|channel|>final<|message|>"
-    start = text.rfind(marker)
-    if start < 0:
-        return None
-    body = text[start + len(marker):]
-    ends = [i for i in (body.find(t) for t in ("<|return|>", "<|end|>", "<|call|>")) if i >= 0]
-    return body[: min(ends)] if ends else body
 
 
 def _is_peft(model: torch.nn.Module) -> bool:
@@ -339,7 +328,7 @@ class GptOssAgent:
         generations = []
         for (i, s), ids, lps, reason in zip(rows, tokens, logprobs, reasons):
             text = self.tokenizer.decode(ids, skip_special_tokens=False)
-            generations.append(Generation(text=text, final=_final_text(text), prompt_ids=list(encoded[i]),
+            generations.append(Generation(text=text, final=parse_harmony(text).final, prompt_ids=list(encoded[i]),
                                           completion_ids=ids, logprobs=lps, finish_reason=reason,
                                           prompt_index=i, sample_index=s))
         return generations
