@@ -46,12 +46,15 @@ def prefill_mask(pad: torch.Tensor, length: int, window: int | None) -> torch.Te
 def attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, sinks: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """Exact sink attention in fp32. q [B, H, Tq, D]; k, v [B, KVH, S, D]; mask [B, 1, Tq, S] -> [B, H, Tq, D]."""
+    """Exact sink attention, softmax in fp32. q [B, H, Tq, D]; k, v [B, KVH, S, D]; mask [B, 1, Tq, S] -> [B, H, Tq, D].
+
+    The two products run in the cache's dtype (fp32 accumulation), so a bf16 cache is read once, never upcast.
+    """
     batch, heads, tq, dim = q.shape
     kv_heads = k.shape[1]
     group = heads // kv_heads
-    qg = q.reshape(batch, kv_heads, group * tq, dim).float()
-    scores = torch.matmul(qg, k.float().transpose(-1, -2)) * scale
+    qg = q.reshape(batch, kv_heads, group * tq, dim)
+    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * scale
     scores = scores.view(batch, kv_heads, group, tq, -1)
     sink = sinks.float().view(1, kv_heads, group, 1, 1)
     scores = scores.masked_fill(~mask.unsqueeze(2), float("-inf"))
@@ -59,7 +62,7 @@ def attend(
     probs = torch.exp(scores - top)
     denom = probs.sum(dim=-1, keepdim=True) + torch.exp(sink - top)
     probs = (probs / denom).view(batch, kv_heads, group * tq, -1)
-    out = torch.matmul(probs, v.float())
+    out = torch.matmul(probs.to(v.dtype), v)
     return out.view(batch, heads, tq, dim).to(q.dtype)
 
 
