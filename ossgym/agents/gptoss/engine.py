@@ -124,6 +124,11 @@ class FastGptOss:
             self._decode_fns = SimpleNamespace(
                 **{name: torch.compile(fn, dynamic=False) for name, fn in vars(eager).items()}
             )
+        if self.compile or self.use_flex:  # one compiled function serves every layer, batch size and length
+            dynamo = torch._dynamo.config
+            for name in ("recompile_limit", "cache_size_limit"):
+                if hasattr(dynamo, name):
+                    setattr(dynamo, name, max(getattr(dynamo, name), 64))
         self._flex_fn = torch.compile(flex_attention) if self.use_flex else None
         self._block_mask_fn = torch.compile(create_block_mask) if self.use_flex else None
 
