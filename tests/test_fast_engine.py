@@ -87,6 +87,7 @@ def test_decode_steps_cross_the_window(model16, model128, window, lengths, steps
     batch = prompts(lengths, seed=4)
     continuation = prompts([steps] * len(batch), seed=5)
     engine = FastGptOss(model, max_batch_size=len(batch), max_seq_len=max(lengths) + steps)
+    engine.min_span = 8  # full-attention reads grow 8 -> 16 -> 32 -> 64 (-> 128 -> 256) columns on the way
     logits = engine.decode_logits(batch, continuation)
     for row, (ids, cont) in enumerate(zip(batch, continuation)):
         ref = hf_logits(model, ids + cont)[len(ids) - 1:]
@@ -109,6 +110,18 @@ def test_greedy_64_tokens_equal_an_hf_greedy_loop(model128):
     assert out.finish_reasons == ["length", "length"]
     for row, ids in enumerate(batch):
         assert out.tokens[row] == hf_greedy(model128, ids, 64)
+
+
+def test_warmup_leaves_no_trace_in_later_generations(model16):
+    batch = prompts([9, 30], seed=13)
+    cold = FastGptOss(model16, max_batch_size=2, max_seq_len=70)
+    cold.min_span = 8
+    warm = FastGptOss(model16, max_batch_size=2, max_seq_len=70)
+    warm.min_span = 8
+    warm.warmup(2)
+    warm.warmup(1)
+    assert warm.generate(batch, max_new_tokens=40, temperature=0.0) == cold.generate(
+        batch, max_new_tokens=40, temperature=0.0)
 
 
 def test_logprobs_equal_hf_recomputation(model16):

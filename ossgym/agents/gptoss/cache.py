@@ -62,13 +62,16 @@ class KVCache:
         self.k[layer][:batch].index_copy_(2, slot, k)
         self.v[layer][:batch].index_copy_(2, slot, v)
 
-    def view(self, layer: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first `batch` rows of a layer's keys and values."""
-        return self.k[layer][:batch], self.v[layer][:batch]
+    def view(self, layer: int, batch: int, span: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `batch` rows of a layer's keys and values (full layers: only the first `span` columns)."""
+        k, v = self.k[layer][:batch], self.v[layer][:batch]
+        if span is not None and not self.is_sliding(layer):
+            k, v = k[:, :, :span], v[:, :, :span]
+        return k, v
 
-    def slot_columns(self, layer: int, col: torch.Tensor) -> torch.Tensor:
-        """Column held by each slot once column `col` is written (negative: never written)."""
+    def slot_columns(self, layer: int, col: torch.Tensor, span: int | None = None) -> torch.Tensor:
+        """Column held by each slot of `view` once column `col` is written (negative: never written)."""
         if not self.is_sliding(layer):
-            return torch.arange(self.max_seq_len, device=col.device)
+            return torch.arange(span or self.max_seq_len, device=col.device)
         slots = torch.arange(self.window, device=col.device)
         return col - torch.remainder(col - slots, self.window)

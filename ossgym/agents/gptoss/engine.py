@@ -16,8 +16,15 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from ossgym.agents.gptoss.attention import allowed, apply_rope, attend, create_block_mask, flex_attention, flex_prefill
-from ossgym.agents.gptoss.attention import prefill_mask
+from ossgym.agents.gptoss.attention import (
+    allowed,
+    apply_rope,
+    attend,
+    create_block_mask,
+    flex_attention,
+    flex_prefill,
+    prefill_mask,
+)
 from ossgym.agents.gptoss.cache import KVCache
 from ossgym.agents.gptoss.moe import moe_args, moe_tensors
 from ossgym.agents.gptoss.sampling import sample
@@ -26,6 +33,7 @@ from ossgym.errors import ConfigError
 log = logging.getLogger(__name__)
 
 PREFILL_MOE_CHUNK = 16384  # tokens per MoE call in prefill: bounds the expert activations of long prompts
+MIN_SPAN = 256  # decode reads full-attention caches up to a power-of-two span >= the current length, at least this
 
 
 @dataclass
@@ -107,7 +115,8 @@ class FastGptOss:
         self.use_graphs = is_cuda
         self.use_flex = is_cuda and flex_attention is not None
         self._build_functions()
-        self._graphs: dict[int, SimpleNamespace] = {}
+        self._graphs: dict[tuple[int, int], SimpleNamespace] = {}
+        self.min_span = MIN_SPAN
         self._pool = None
         log.info(
             "FastGptOss: cache %.2f GiB (%d rows x %d columns), compile=%s, cuda graphs=%s",
@@ -122,7 +131,7 @@ class FastGptOss:
             self._decode_fns = eager
         else:
             self._decode_fns = SimpleNamespace(
-                **{name: torch.compile(fn, dynamic=False) for name, fn in vars(eager).items()}
+                **{name: torch.compile(fn) for name, fn in vars(eager).items()}  # batch, span: dynamic after one
             )
         if self.compile or self.use_flex:  # one compiled function serves every layer, batch size and length
             dynamo = torch._dynamo.config
@@ -137,7 +146,7 @@ class FastGptOss:
         self._graphs.clear()
 
     # --------------------------------------------------------------------------------------------- forward
-    def _attention(self, i: int, x: torch.Tensor, cos, sin, pad, col, fns) -> torch.Tensor:
+    def _attention(self, i: int, x: torch.Tensor, cos, sin, pad, col, span, fns) -> torch.Tensor:
         attn = self.base.layers[i].self_attn
         batch, length, _ = x.shape
         shape = (batch, length, -1, self.head_dim)
@@ -148,8 +157,8 @@ class FastGptOss:
         window = self.window if self.cache.is_sliding(i) else None
         if col is not None:  # decode: one column
             self.cache.write_decode(i, k, v, col)
-            k_cache, v_cache = self.cache.view(i, batch)
-            kv_cols = self.cache.slot_columns(i, col)
+            k_cache, v_cache = self.cache.view(i, batch, span)
+            kv_cols = self.cache.slot_columns(i, col, span)
             out = fns.attend(q, k_cache, v_cache, kv_cols, col, pad, window, attn.sinks, attn.scaling)
         else:
             self.cache.write_prefill(i, k, v)
@@ -168,8 +177,11 @@ class FastGptOss:
         parts = [fns.moe(chunk, *args) for chunk in flat.split(PREFILL_MOE_CHUNK)]
         return torch.cat(parts).view(x.shape) if len(parts) > 1 else parts[0].view(x.shape)
 
-    def _forward(self, ids: torch.Tensor, pad: torch.Tensor, col: torch.Tensor | None, fns) -> torch.Tensor:
-        """Hidden states after the final norm. Prefill: ids [B, T] at columns 0..T-1; decode: ids [B, 1] at col."""
+    def _forward(
+        self, ids: torch.Tensor, pad: torch.Tensor, col: torch.Tensor | None, span: int | None, fns
+    ) -> torch.Tensor:
+        """Hidden states after the final norm. Prefill: ids [B, T] at columns 0..T-1; decode: ids [B, 1] at col
+        (full-attention layers read their first `span` columns)."""
         length = ids.shape[1]
         cols = col.view(1, 1) if col is not None else torch.arange(length, device=ids.device)[None]
         positions = (cols - pad[:, None]).clamp(min=0)
@@ -177,30 +189,36 @@ class FastGptOss:
         x = self.base.embed_tokens(ids)
         for i, layer in enumerate(self.base.layers):
             h = fns.rms(x, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
-            x = x + self._attention(i, h, cos, sin, pad, col, fns)
+            x = x + self._attention(i, h, cos, sin, pad, col, span, fns)
             h = fns.rms(x, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
             x = x + self._moe(i, h, fns)
         return fns.rms(x, self.base.norm.weight, self.base.norm.variance_epsilon)
 
-    def _decode_step(self, tokens: torch.Tensor, col: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        hidden = self._forward(tokens[:, None], pad, col, self._decode_fns)
+    def _decode_step(self, tokens: torch.Tensor, col: torch.Tensor, pad: torch.Tensor, span: int) -> torch.Tensor:
+        hidden = self._forward(tokens[:, None], pad, col, span, self._decode_fns)
         return self.model.lm_head(hidden[:, -1])
+
+    def _span(self, col: int) -> int:
+        """Columns a decode step at `col` reads from full-attention caches: a power of two, so few graphs serve all."""
+        span = max(self.min_span, 1 << col.bit_length())  # > col
+        return min(span, self.max_seq_len)
 
     def _decode(self, tokens: torch.Tensor, col: int, pad: torch.Tensor) -> torch.Tensor:
         """Logits [B, V] after appending `tokens` at column `col` (graph replay on CUDA)."""
+        span = self._span(col)
         if not self.use_graphs:
-            return self._decode_step(tokens, torch.tensor([col], device=self.device), pad)
-        batch = tokens.shape[0]
-        graph = self._graphs.get(batch)
+            return self._decode_step(tokens, torch.tensor([col], device=self.device), pad, span)
+        key = (tokens.shape[0], span)
+        graph = self._graphs.get(key)
         if graph is None:
-            graph = self._capture(tokens, col, pad)
+            graph = self._capture(tokens, col, pad, span)
         graph.tokens.copy_(tokens)
         graph.col.fill_(col)
         graph.pad.copy_(pad)
         graph.graph.replay()
         return graph.logits
 
-    def _capture(self, tokens: torch.Tensor, col: int, pad: torch.Tensor) -> SimpleNamespace:
+    def _capture(self, tokens: torch.Tensor, col: int, pad: torch.Tensor, span: int) -> SimpleNamespace:
         static = SimpleNamespace(
             tokens=tokens.clone(), col=torch.tensor([col], device=self.device), pad=pad.clone()
         )
@@ -209,25 +227,39 @@ class FastGptOss:
         with torch.cuda.stream(stream):
             try:
                 for _ in range(2):  # compile and warm up; writes the same column the real step writes
-                    self._decode_step(static.tokens, static.col, static.pad)
+                    self._decode_step(static.tokens, static.col, static.pad, span)
             except Exception as error:  # noqa: BLE001 - a compiler failure must not stop generation
                 if self._decode_fns is self._eager:
                     raise
                 log.warning("compiled decode step failed (%s); using the eager functions", error)
                 self._decode_fns = self._eager
                 for _ in range(2):
-                    self._decode_step(static.tokens, static.col, static.pad)
+                    self._decode_step(static.tokens, static.col, static.pad, span)
         torch.cuda.current_stream().wait_stream(stream)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         static.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(static.graph, pool=self._pool):
-            static.logits = self._decode_step(static.tokens, static.col, static.pad)
-        self._graphs[tokens.shape[0]] = static
-        log.info("captured the decode step for batch %d", tokens.shape[0])
+            static.logits = self._decode_step(static.tokens, static.col, static.pad, span)
+        self._graphs[(tokens.shape[0], span)] = static
+        log.info("captured the decode step for batch %d, span %d", tokens.shape[0], span)
         return static
 
     # ------------------------------------------------------------------------------------------ public API
+    @torch.no_grad()
+    def warmup(self, batch_size: int) -> None:
+        """Compile and capture the decode step for `batch_size` at every span up to max_seq_len (no stalls later)."""
+        if not 1 <= batch_size <= self.max_batch_size:
+            raise ConfigError("batch_size", f"{batch_size} not in 1..{self.max_batch_size}", "pass a valid batch size")
+        tokens = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        pad = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        spans = sorted({self._span(col) for col in range(self.max_seq_len)})
+        with _eval(self.model):
+            # Writes one junk column per span; any column is rewritten by prefill or its own step before it is read.
+            for span in spans:
+                self._decode(tokens, span - 1, pad)
+
+
     def _batch(self, prompt_ids: Sequence[Sequence[int]], new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
             raise ConfigError("prompt_ids", "empty batch or empty prompt", "pass at least one token per prompt")
@@ -250,7 +282,7 @@ class FastGptOss:
         return ids.to(self.device), pad.to(self.device)
 
     def _prefill(self, ids: torch.Tensor, pad: torch.Tensor, all_logits: bool) -> torch.Tensor:
-        hidden = self._forward(ids, pad, None, self._eager)
+        hidden = self._forward(ids, pad, None, None, self._eager)
         return self.model.lm_head(hidden if all_logits else hidden[:, -1])
 
     @torch.no_grad()
