@@ -303,7 +303,8 @@ class FastGptOss:
         with _eval(self.model):
             out = [self._prefill(ids, pad, all_logits=False).float()]
             for j in range(cont.shape[1]):
-                out.append(self._decode(cont[:, j].contiguous(), ids.shape[1] + j, pad).float())
+                step = self._decode(cont[:, j].contiguous(), ids.shape[1] + j, pad)
+                out.append(step.to(torch.float32, copy=True))  # a copy: on CUDA this is the graph's static output
         return torch.stack(out, dim=1)
 
     @torch.no_grad()
@@ -317,7 +318,11 @@ class FastGptOss:
         stop_token_ids: Sequence[int] = (),
         vocab_size_limit: int | None = None,
     ) -> EngineOutput:
-        """Sample up to `max_new_tokens` per prompt (temperature 0: greedy); a row stops after a stop token."""
+        """Sample up to `max_new_tokens` per prompt (temperature 0: greedy); a row stops after a stop token.
+
+        Log-probabilities are log_softmax(logits / temperature) over the whole vocabulary at the chosen token (plain
+        logits when greedy): what a trainer recomputes. top_p and vocab_size_limit only restrict the choice.
+        """
         if max_new_tokens < 1:
             raise ConfigError("max_new_tokens", f"must be >= 1, got {max_new_tokens}", "ask for at least one token")
         if temperature < 0 or not 0 < top_p <= 1:
