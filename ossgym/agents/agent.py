@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ossgym.agents.gptoss.sampling import sample
 from ossgym.agents.gptoss.tokenizer import STOP_TOKEN_IDS, load_tokenizer
 from ossgym.errors import ConfigError, ModelError
 from ossgym.harmony import parse_harmony
@@ -92,27 +93,6 @@ def _cache_kwarg(model_class: type) -> str:
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
-def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, vocab_size_limit: int,
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick one token per row of logits [B, V] among ids < vocab_size_limit; return (tokens, log-probabilities).
-
-    Log-probabilities are log_softmax(logits / temperature) over all V ids (logits alone when greedy).
-    """
-    scaled = logits.float() / temperature if temperature > 0 else logits.float()
-    logprobs = torch.log_softmax(scaled, dim=-1)
-    allowed = scaled[:, :vocab_size_limit]
-    if temperature == 0:
-        tokens = allowed.argmax(dim=-1)
-    else:
-        probs = torch.softmax(allowed, dim=-1)
-        if top_p < 1:
-            sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-            mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs.masked_fill(mass_before >= top_p, 0.0))
-        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
-
-
 @torch.no_grad()
 def reference_generate(model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
                        temperature: float, top_p: float, generator: torch.Generator,
@@ -148,7 +128,7 @@ def reference_generate(model: torch.nn.Module, prompt_ids: Sequence[Sequence[int
         for _ in range(max_new_tokens):
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                         logits_to_keep=1, **cache_arg)
-            token, logprob = sample_tokens(out.logits[:, -1], temperature, top_p, vocab_size_limit, generator)
+            token, logprob = sample(out.logits[:, -1], temperature, top_p, vocab_size_limit, generator)
             token = torch.where(done, pad_token_id, token)
             tokens.append(token)
             logprobs.append(logprob)
