@@ -15,7 +15,10 @@ from ossgym.sandbox.restricted import FILENAME
 from ossgym.sandbox.result import PlainDataError, encode_plain, validate_plain
 
 _clock = time.monotonic  # bound when the worker module loads, long before untrusted code exists
-_cpu = time.process_time  # CPU time of the worker process, bound likewise
+# CPU time of the worker, bound likewise. The worker runs one thread (no threading module, NPROC=0), so
+# this is the process's CPU time; thread_time because while ITIMER_PROF is armed Linux serves the
+# process clock from a counter updated at scheduler ticks (4 ms steps), the thread clock exactly.
+_cpu = time.thread_time
 _MAX_TB_FRAMES = 20
 
 
@@ -145,6 +148,7 @@ class HarnessContext:
         self._max_bytes, self._send, self._lines = max_output_bytes, send_checkpoint, source_lines
         self.calls = 0
         self.last_call_s = 0.0  # wall time of the last call itself (the argument copy excluded)
+        self.last_call_cpu_s = 0.0  # CPU time of the worker during the last call itself (likewise)
 
     def call(self, *args: object) -> object:
         """Call the untrusted function on fresh copies of the arguments (lists, dicts and tuples are copied
@@ -152,10 +156,11 @@ class HarnessContext:
         CallTimeout or UserError (and TotalTimeout when the wall-clock total runs out: let that escape)."""
         self.calls += 1
         args = tuple(_fresh(a) for a in args)
-        start = _clock()
+        start, start_cpu = _clock(), _cpu()
         try:
             return guarded_call(self._fn, args, self._limit, self._deadline, self._lines)
         finally:
+            self.last_call_cpu_s = _cpu() - start_cpu
             self.last_call_s = _clock() - start
 
     def call_plain(self, *args: object) -> object:
@@ -175,7 +180,7 @@ class HarnessContext:
 
     @staticmethod
     def cpu_clock() -> float:
-        """Trusted CPU time of the worker process in seconds (for timing that a busy machine does not skew)."""
+        """Trusted CPU time of the worker (its one thread) in seconds, for timing a busy machine does not skew."""
         return _cpu()
 
     def time_left(self) -> float:
