@@ -58,6 +58,8 @@ __all__ = [
 
 DEFAULT_RTOL = 1e-9
 _DETAIL_CHARS = 300
+_TRACEBACK_CHARS = 800
+_STATUS_WORDS = {"invalid_output": "invalid result,", "error": "raised", "timeout": "timed out,", "budget": "not run,"}
 
 
 def naive_matmul(A: list[list[float]], B: list[list[float]]) -> list[list[float]]:
@@ -205,7 +207,7 @@ def verify_result(result: Any, cases: list[tuple[list[list[float]], list[list[fl
         if type(record) is not dict or record.get("status") != "ok":
             status = record.get("status") if type(record) is dict else "missing"
             detail = record.get("detail", "") if type(record) is dict else ""
-            return False, False, f"{name}: {status} {detail}".strip()
+            return False, False, f"{name}: {_STATUS_WORDS.get(status, status)} {detail}".strip() + _traceback_of(record)
         why = check_matrix(record.get("value"), rows, cols)
         if why is not None:
             return False, False, f"{name}: {why}"
@@ -217,7 +219,7 @@ def verify_result(result: Any, cases: list[tuple[list[list[float]], list[list[fl
         return True, False, "correct (no speed trials requested)"
     if type(speed) is not dict or speed.get("stopped") is not None or type(speed.get("trials")) is not list:
         why = speed.get("detail", "") if type(speed) is dict else "no speed result"
-        return True, False, f"correct, but the speed trials stopped: {why}"
+        return True, False, f"correct, but the speed trials stopped: {why}" + _traceback_of(speed)
     trials = speed["trials"]
     if len(trials) != sp["trials"]:
         return True, False, f"correct, but only {len(trials)} of {sp['trials']} speed trials ran"
@@ -225,6 +227,12 @@ def verify_result(result: Any, cases: list[tuple[list[list[float]], list[list[fl
         if type(trial) is not dict or not check_speed_samples(sp["seed"], tuple(sp["shape"]), t, sp["positions"], trial.get("samples"), rtol):
             return True, False, f"correct, but speed trial {t} returned wrong values"
     return True, True, "correct, speed trials verified"
+
+
+def _traceback_of(record: Any) -> str:
+    """The untrusted code's trimmed traceback in a failure record, on its own lines ('' when none)."""
+    tb = record.get("traceback") if type(record) is dict else None
+    return f"\n{tb}" if type(tb) is str and tb else ""
 
 
 def make_payload(
@@ -291,7 +299,7 @@ def harness(fn: Any, payload: dict, ctx: Any) -> dict:
 
     Returns ``{"cases": [...], "speed": {...}, "timed_s": float}``: each case is
     ``{"status": "ok", "value": rows}`` or ``{"status": "invalid_output" | "error" | "timeout" | "budget",
-    "detail", "error_type"}``; speed is ``{"trials": [{"fn_s", "ref_s", "fn_wall_s", "ref_wall_s", "fn_first",
+    "detail", "error_type"}`` (errors also carry the trimmed "traceback"); speed is ``{"trials": [{"fn_s", "ref_s", "fn_wall_s", "ref_wall_s", "fn_first",
     "max_rel_err", "samples"}], "stopped": None | reason, "detail"}`` (``*_s`` CPU seconds, ``*_wall_s`` wall).
     """
     _check_payload(payload)
@@ -305,10 +313,12 @@ def harness(fn: Any, payload: dict, ctx: Any) -> dict:
         except CallTimeout:
             return {"status": "timeout", "detail": "the call took longer than the per-call limit", "error_type": None}, None
         except UserError as exc:
+            type_name = str(getattr(exc, "type_name", "Exception"))
             return {
                 "status": "error",
-                "detail": str(getattr(exc, "message", ""))[:_DETAIL_CHARS],
-                "error_type": str(getattr(exc, "type_name", "Exception")),
+                "detail": f"{type_name}: {getattr(exc, 'message', '')}"[:_DETAIL_CHARS],
+                "error_type": type_name,
+                "traceback": str(getattr(exc, "traceback", ""))[-_TRACEBACK_CHARS:],
             }, None
 
     cases: list[dict] = []
@@ -348,6 +358,7 @@ def harness(fn: Any, payload: dict, ctx: Any) -> dict:
                 ref, ref_s, ref_wall_s = _timed_reference(ctx, A2, B2)
             if failure is not None:
                 speed["stopped"], speed["detail"] = failure["status"], f"trial {trial}: {failure['detail']}"
+                speed["traceback"] = failure.get("traceback", "")
                 break
             why = check_matrix(value, n, m)
             if why is not None:

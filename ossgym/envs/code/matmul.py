@@ -199,7 +199,8 @@ class MatmulTask(CodeTask):
             lines.append(f"The evaluation failed ({result.outcome.value}): {result.message}")
         if not correct:
             verdict = why if not cases_ok else f"all {len(cases)} correctness cases passed, but: {why.removeprefix('correct, but ')}"
-            lines.append(f"Not correct: {verdict}. No speed reward.")
+            lines.append(f"Not correct: {verdict}")
+            lines.append("No speed reward: speed counts only for a function that is correct everywhere.")
             return components, "\n".join(lines), details
         timing = read_timing(result, result.value["speed"])
         if timing.problem is not None or timing.speedup is None:
