@@ -326,3 +326,40 @@ def test_bad_options_through_make():
     with pytest.raises(ConfigError) as err:
         gymnasium.make("GptOssMatmul-v0", speed_min_log2=1.0, speed_max_log2=0.5)
     assert err.value.field == "speed_min_log2"
+
+
+# --- work deferred past the timed call ------------------------------------------------------------------------
+
+DEFERRED = '''
+def matmul(A, B):
+    cols = list(zip(*B))
+    if len(A) <= 40:
+        return [[sum(a * b for a, b in zip(row, col)) for col in cols] for row in A]
+    rows = list(A)
+    C = [[] for row in rows]
+    def later():
+        try:
+            yield 1
+        finally:
+            for i in range(len(rows)):
+                out = C[i]
+                for col in cols:
+                    out.append(sum(a * b for a, b in zip(rows[i], col)))
+    g = later()
+    next(g)
+    A.append(g)
+    return C
+'''
+
+
+def test_work_deferred_to_a_finalizer_is_timed_or_too_late(task, pool):
+    """A function that returns empty rows and fills them in from a generator's ``finally`` once its argument
+    is freed (or, in a cycle, once a gc runs) must not look fast: the freed arguments are dropped inside the
+    timed call, and the harness snapshots the result before any gc."""
+    cyclic = DEFERRED.replace("    rows = list(A)\n", "    rows = A\n").replace("range(len(rows))", "range(len(rows) - 1)")
+    results = run(task, pool, {"deferred": DEFERRED, "cyclic": cyclic, "zip": MATMUL_CORRECT["zip"]}, [91, 92])
+    zip_mean = statistics.mean(r.reward for r in results["zip"])
+    assert all(r.details["correct"] and r.reward < zip_mean + 0.5 for r in results["deferred"])
+    assert all(r.details["speedup"] < 4 for r in results["deferred"])  # the deferred work was on the clock
+    for r in results["cyclic"]:
+        assert r.components["correctness"] == -1.0 and "trial 0: row 0 has 0 entries" in r.feedback

@@ -354,15 +354,19 @@ def harness(fn: Any, payload: dict, ctx: Any) -> dict:
             gc.collect()
             failure, value = attempt(A, B)
             fn_s, fn_wall_s = ctx.last_call_cpu_s, ctx.last_call_s  # the call itself (argument copy excluded)
+            if failure is None:
+                # Check and snapshot the result NOW, before anything (a gc run, in particular) can let code
+                # the function left behind (a generator's finally, run when it is collected) fill it in
+                # after the clock stopped.
+                why = check_matrix(value, n, m)
+                value = _copy(value) if why is None else None
+                if why is not None:
+                    failure = {"status": "invalid_output", "detail": why}
             if fn_first:
                 ref, ref_s, ref_wall_s = _timed_reference(ctx, A2, B2)
             if failure is not None:
                 speed["stopped"], speed["detail"] = failure["status"], f"trial {trial}: {failure['detail']}"
                 speed["traceback"] = failure.get("traceback", "")
-                break
-            why = check_matrix(value, n, m)
-            if why is not None:
-                speed["stopped"], speed["detail"] = "invalid_output", f"trial {trial}: {why}"
                 break
             ok, err = compare(ref, value, A2, B2, payload["rtol"])
             samples = [value[i][j] for i, j in sp["positions"]]
