@@ -363,3 +363,31 @@ def test_work_deferred_to_a_finalizer_is_timed_or_too_late(task, pool):
     assert all(r.details["speedup"] < 4 for r in results["deferred"])  # the deferred work was on the clock
     for r in results["cyclic"]:
         assert r.components["correctness"] == -1.0 and "trial 0: row 0 has 0 entries" in r.feedback
+
+
+HANGS_IN_GC = '''
+def matmul(A, B):
+    cols = list(zip(*B))
+    C = [[sum(a * b for a, b in zip(row, col)) for col in cols] for row in A]
+    if len(A) > 40:
+        def later():
+            try:
+                yield 1
+            finally:
+                n = 0
+                while True:
+                    n = n + 1
+        g = later()
+        next(g)
+        box = [g]
+        box.append(box)
+    return C
+'''
+
+
+def test_an_evaluation_that_dies_is_a_crash_and_earns_nothing(task, pool):
+    """Code that hangs outside any call (in a finalizer a gc runs) is killed at the total limit."""
+    (r,) = run(task, pool, {"hangs": HANGS_IN_GC}, [93])["hangs"]
+    assert r.outcome == Outcome.TIMEOUT.value and r.components["crash"] == -1.0
+    assert r.components["correctness"] == -1.0 and r.components["speed"] == 0.0
+    assert "all 9 correctness cases passed" in r.feedback and "total limit" in r.feedback
