@@ -391,3 +391,16 @@ def test_an_evaluation_that_dies_is_a_crash_and_earns_nothing(task, pool):
     assert r.outcome == Outcome.TIMEOUT.value and r.components["crash"] == -1.0
     assert r.components["correctness"] == -1.0 and r.components["speed"] == 0.0
     assert "all 9 correctness cases passed" in r.feedback and "total limit" in r.feedback
+
+
+def test_options_and_revisions_across_turns(pool):
+    env = GptOssMatmulEnv(pool=pool, max_turns=2, speed_trials=3, speed_shape=[16, 24, 8])
+    assert env.task.config.speed_shape == (16, 24, 8)
+    obs, _ = env.reset(options={"eval_seed": 94})
+    assert "3 trials with 16 x 24 times 24 x 8 matrices" in obs
+    _, r1, terminated, _, info1 = env.step(as_completion(MATMUL_INCORRECT["off_by_one"]))
+    assert not terminated and info1["reward_components"]["correctness"] == -1.0
+    obs, r2, terminated, _, info2 = env.step(as_completion(MATMUL_CORRECT["zip"]))
+    assert terminated and "Feedback on your attempt 1" in obs and "max relative error" in obs
+    assert info2["reward_components"]["correctness"] == 2.0  # from -1 to +1: a revision pays what it improves
+    assert math.isclose(r1 + r2, info2["attempt_reward"])
