@@ -404,3 +404,29 @@ def test_options_and_revisions_across_turns(pool):
     assert terminated and "Feedback on your attempt 1" in obs and "max relative error" in obs
     assert info2["reward_components"]["correctness"] == 2.0  # from -1 to +1: a revision pays what it improves
     assert math.isclose(r1 + r2, info2["attempt_reward"])
+
+
+# --- the sandbox red-team attacks, as matmul completions ----------------------------------------------------
+
+def test_redteam_attacks_as_completions_earn_less_than_honest(task, pool):
+    """Every red-team attack, written as ``matmul``, scores below the honest naive reference on the same seed,
+    and the caller's process is unaffected."""
+    import os
+    import signal
+
+    from test_sandbox_redteam import ATTACKS
+
+    def state():
+        return (os.getpid(), os.getcwd(), dict(os.environ),
+                [signal.getsignal(s) for s in (signal.SIGALRM, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)])
+
+    before = state()
+    sources = {name: src.replace("def f(x):", "def matmul(x, B):").replace("return f\n", "return matmul\n")
+               for name, (src, _allowed) in ATTACKS.items()}
+    assert all("def matmul(x, B):" in s for s in sources.values())
+    results = run(task, pool, {**sources, "honest_naive": MATMUL_CORRECT["naive"]}, [95])
+    honest = results.pop("honest_naive")[0]
+    assert honest.details["correct"]
+    for name, (r,) in results.items():
+        assert r.reward < honest.reward and r.components["speed"] <= 0.0, (name, r.components, r.feedback)
+    assert state() == before
