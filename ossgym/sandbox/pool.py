@@ -191,6 +191,10 @@ class SandboxPool:
         if tpl is not None:
             tpl.close()
 
+    def __deepcopy__(self, memo: dict) -> SandboxPool:
+        """A pool is a shared service, not data: copies of an env's kwargs (gymnasium's check_env) share it."""
+        return self
+
     def __enter__(self) -> SandboxPool:
         return self
 
