@@ -26,6 +26,7 @@ class FakeCtx:
         self.now = 0.0
         self.calls = 0
         self.last_call_s = 0.0
+        self.last_call_cpu_s = 0.0
         self.checkpoints: list = []
         self._spent = 0.0
         self.CallTimeout, self.UserError = sandbox_errors()
@@ -36,6 +37,9 @@ class FakeCtx:
 
     def clock(self) -> float:
         return self.now
+
+    def cpu_clock(self) -> float:
+        return self.now  # one process doing nothing else: CPU time advances with the fake clock
 
     def advance(self, seconds: float) -> None:
         """Trusted (reference) work costs fake time too."""
@@ -57,7 +61,7 @@ class FakeCtx:
             self.now += self.call_cost_s + self._spent
             raise self.UserError(type(exc).__name__, str(exc), f'File "<strategy>", line 1\n{type(exc).__name__}: {exc}')
         cost = self.call_cost_s + self._spent
-        self.last_call_s = cost
+        self.last_call_s = self.last_call_cpu_s = cost
         if cost > self.call_limit_s:
             self.now += self.call_limit_s
             raise self.CallTimeout(cost, self.call_limit_s)

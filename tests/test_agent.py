@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from ossgym.agents.agent import AgentConfig, Generation, GptOssAgent, _final_text
+from ossgym.agents.agent import AgentConfig, Generation, GptOssAgent
+from ossgym.harmony import parse_harmony
 from ossgym.agents.gptoss.tiny import MODEL_VOCAB_SIZE, tiny_model
 from ossgym.agents.gptoss.tokenizer import RETURN_ID, VOCAB_SIZE, load_tokenizer
 from ossgym.errors import ConfigError
@@ -213,11 +214,12 @@ def test_engine_falls_back_to_reference_when_not_importable(model, tok, monkeypa
     assert agent.generate(["hi"], seed=2) == reference.generate(["hi"], seed=2)
 
 
-def test_final_text_of_raw_harmony():
+def test_final_text_of_raw_completions():
+    """A completion starts right after the prompt's `<|start|>assistant`; its final channel is the answer."""
     raw = "<|channel|>analysis<|message|>think<|end|><|start|>assistant<|channel|>final<|message|>42<|return|>"
-    assert _final_text(raw) == "42"
-    assert _final_text("<|channel|>final<|message|>cut off") == "cut off"
-    assert _final_text("<|channel|>analysis<|message|>only thinking") is None
+    assert parse_harmony(raw).final == "42"
+    assert parse_harmony("<|channel|>final<|message|>cut off").final == "cut off"
+    assert parse_harmony("<|channel|>analysis<|message|>only thinking").final is None
 
 
 def test_bad_arguments_raise_config_errors(model, tok):

@@ -409,3 +409,9 @@ def test_function_cannot_mutate_the_harness_arguments(pool):
     src = "def f(board):\n    first = board[0][0]\n    board[0][0] = 2048\n    board.append('x')\n    return first\n"
     r = pool.evaluate(src, task("ossgym.sandbox.testing:call_twice_same_args"), [[2, 4], [8, 16]])
     assert r.value == [2, 2, [[2, 4], [8, 16]]]
+
+
+def test_pool_is_shared_not_copied(pool):
+    import copy
+
+    assert copy.deepcopy({"pool": pool})["pool"] is pool

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ossgym.agents.gptoss.sampling import sample
 from ossgym.agents.gptoss.tokenizer import STOP_TOKEN_IDS, load_tokenizer
 from ossgym.errors import ConfigError, ModelError
+from ossgym.harmony import parse_harmony
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -81,18 +83,6 @@ class Generation:
     sample_index: int  # which of its num_samples
 
 
-def _final_text(text: str) -> str | None:
-    """The text of the last final channel of a raw Harmony completion, or None."""
-    # TODO(lead): replace with ossgym.harmony.parse_harmony(text).final once that module is merged.
-    marker = "<|channel|>final<|message|>"
-    start = text.rfind(marker)
-    if start < 0:
-        return None
-    body = text[start + len(marker):]
-    ends = [i for i in (body.find(t) for t in ("<|return|>", "<|end|>", "<|call|>")) if i >= 0]
-    return body[: min(ends)] if ends else body
-
-
 def _is_peft(model: torch.nn.Module) -> bool:
     return any(cls.__name__ == "PeftModel" for cls in type(model).__mro__)
 
@@ -101,27 +91,6 @@ def _is_peft(model: torch.nn.Module) -> bool:
 def _cache_kwarg(model_class: type) -> str:
     """The name of the KV-cache argument (`cache` from transformers 5.2x, `past_key_values` before)."""
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
-
-
-def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, vocab_size_limit: int,
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick one token per row of logits [B, V] among ids < vocab_size_limit; return (tokens, log-probabilities).
-
-    Log-probabilities are log_softmax(logits / temperature) over all V ids (logits alone when greedy).
-    """
-    scaled = logits.float() / temperature if temperature > 0 else logits.float()
-    logprobs = torch.log_softmax(scaled, dim=-1)
-    allowed = scaled[:, :vocab_size_limit]
-    if temperature == 0:
-        tokens = allowed.argmax(dim=-1)
-    else:
-        probs = torch.softmax(allowed, dim=-1)
-        if top_p < 1:
-            sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-            mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs.masked_fill(mass_before >= top_p, 0.0))
-        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
 
 
 @torch.no_grad()
@@ -159,7 +128,7 @@ def reference_generate(model: torch.nn.Module, prompt_ids: Sequence[Sequence[int
         for _ in range(max_new_tokens):
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                         logits_to_keep=1, **cache_arg)
-            token, logprob = sample_tokens(out.logits[:, -1], temperature, top_p, vocab_size_limit, generator)
+            token, logprob = sample(out.logits[:, -1], temperature, top_p, vocab_size_limit, generator)
             token = torch.where(done, pad_token_id, token)
             tokens.append(token)
             logprobs.append(logprob)
@@ -339,7 +308,7 @@ class GptOssAgent:
         generations = []
         for (i, s), ids, lps, reason in zip(rows, tokens, logprobs, reasons):
             text = self.tokenizer.decode(ids, skip_special_tokens=False)
-            generations.append(Generation(text=text, final=_final_text(text), prompt_ids=list(encoded[i]),
+            generations.append(Generation(text=text, final=parse_harmony(text).final, prompt_ids=list(encoded[i]),
                                           completion_ids=ids, logprobs=lps, finish_reason=reason,
                                           prompt_index=i, sample_index=s))
         return generations

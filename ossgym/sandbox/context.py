@@ -15,7 +15,10 @@ from ossgym.sandbox.restricted import FILENAME
 from ossgym.sandbox.result import PlainDataError, encode_plain, validate_plain
 
 _clock = time.monotonic  # bound when the worker module loads, long before untrusted code exists
-_cpu = time.process_time  # CPU time of the worker process, bound likewise
+# CPU time of the worker, bound likewise. The worker runs one thread (no threading module, NPROC=0), so
+# this is the process's CPU time; thread_time because while ITIMER_PROF is armed Linux serves the
+# process clock from a counter updated at scheduler ticks (4 ms steps), the thread clock exactly.
+_cpu = time.thread_time
 _MAX_TB_FRAMES = 20
 
 
@@ -91,8 +94,13 @@ def _describe(exc: BaseException, source_lines: list[str]) -> UserError:
     return UserError(type_name, message, tb)
 
 
-def guarded_call(fn: Callable, args: tuple, limit_s: float, deadline: float, source_lines: list[str]) -> object:
-    """Call untrusted ``fn`` with a per-call CPU-time limit and the wall-clock total deadline."""
+def guarded_call(fn: Callable, args: tuple | list, limit_s: float, deadline: float, source_lines: list[str]) -> object:
+    """Call untrusted ``fn`` with a per-call CPU-time limit and the wall-clock total deadline.
+
+    ``args`` given as a list is emptied right after the call, still under the limit: code the function
+    attached to its arguments (a suspended generator whose ``finally`` runs when it is freed) then runs
+    inside the limited, timed call instead of after it.
+    """
     start_cpu = _cpu()
     if _clock() >= deadline:
         raise TotalTimeout
@@ -101,6 +109,8 @@ def guarded_call(fn: Callable, args: tuple, limit_s: float, deadline: float, sou
     try:
         _TimerState.active = True
         value = fn(*args)
+        if type(args) is list:
+            args.clear()
         _TimerState.active = False
     except _Interrupt:
         _TimerState.active = False
@@ -145,17 +155,19 @@ class HarnessContext:
         self._max_bytes, self._send, self._lines = max_output_bytes, send_checkpoint, source_lines
         self.calls = 0
         self.last_call_s = 0.0  # wall time of the last call itself (the argument copy excluded)
+        self.last_call_cpu_s = 0.0  # CPU time of the worker during the last call itself (likewise)
 
     def call(self, *args: object) -> object:
         """Call the untrusted function on fresh copies of the arguments (lists, dicts and tuples are copied
         deeply, so it cannot change the harness's objects) with the per-call limit (CPU time). Raises
         CallTimeout or UserError (and TotalTimeout when the wall-clock total runs out: let that escape)."""
         self.calls += 1
-        args = tuple(_fresh(a) for a in args)
-        start = _clock()
+        args = [_fresh(a) for a in args]  # the only reference to the copies: guarded_call drops them in time
+        start, start_cpu = _clock(), _cpu()
         try:
             return guarded_call(self._fn, args, self._limit, self._deadline, self._lines)
         finally:
+            self.last_call_cpu_s = _cpu() - start_cpu
             self.last_call_s = _clock() - start
 
     def call_plain(self, *args: object) -> object:
@@ -175,7 +187,7 @@ class HarnessContext:
 
     @staticmethod
     def cpu_clock() -> float:
-        """Trusted CPU time of the worker process in seconds (for timing that a busy machine does not skew)."""
+        """Trusted CPU time of the worker (its one thread) in seconds, for timing a busy machine does not skew."""
         return _cpu()
 
     def time_left(self) -> float:

@@ -191,13 +191,8 @@ class SandboxPool:
         if tpl is not None:
             tpl.close()
 
-    def __copy__(self) -> SandboxPool:
-        """A pool is a handle to processes: a copy is the same pool."""
-        return self
-
     def __deepcopy__(self, memo: dict) -> SandboxPool:
-        """A pool is a handle to processes: a deep copy (e.g. ``gymnasium.make`` copying its keyword
-        arguments, ``pool=`` among them) is the same pool, not a crash on its lock."""
+        """A pool is a shared service, not data: copies of an env's kwargs (gymnasium's check_env) share it."""
         return self
 
     def __enter__(self) -> SandboxPool:

@@ -13,6 +13,7 @@ in the caller. The components always sum to the reward.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,12 @@ logger = logging.getLogger(__name__)
 
 REASONING_EFFORTS = ("low", "medium", "high")
 _MAX_SEED = 2**63
+
+
+def derived_seed(namespace: str, kind: str, seed: int) -> int:
+    """A seed for one use (``kind``) of an evaluation seed; one-way, so one use reveals nothing about another."""
+    digest = hashlib.sha256(f"{namespace}:{kind}:{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 @dataclass(frozen=True)

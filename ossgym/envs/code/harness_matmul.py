@@ -7,7 +7,10 @@ Design (invariant 1: the reward is computed by trusted code from plain data):
   cases), sends them as plain lists, and gets back the untrusted outputs, which the harness only checks for
   exact types and shape (``list`` of ``list`` of exact ``int``/``float``, no bool, no subclass). The caller
   compares them with its own :func:`naive_matmul` using :func:`compare` (trusted value on the left).
-- **Speed** is timed inside the worker with ``ctx.clock()`` (bound before the untrusted code was loaded).
+- **Speed** is timed inside the worker in CPU time of the worker process (``ctx.last_call_cpu_s`` for the
+  function, ``ctx.cpu_clock()`` for the reference; both bound before the untrusted code was loaded), which
+  other processes on a loaded machine do not inflate the way they inflate wall time; the wall times
+  (``ctx.clock()``) are returned beside them for the caller's cross-check.
   Every trial builds fresh input objects from the caller's seed and the trial number
   (:func:`speed_inputs`: new values each trial, so caching by identity or by content cannot pay), then times
   the untrusted function and the bundled naive triple loop on separate fresh copies, alternating which goes
@@ -55,6 +58,8 @@ __all__ = [
 
 DEFAULT_RTOL = 1e-9
 _DETAIL_CHARS = 300
+_TRACEBACK_CHARS = 800
+_STATUS_WORDS = {"invalid_output": "invalid result,", "error": "raised", "timeout": "timed out,", "budget": "not run,"}
 
 
 def naive_matmul(A: list[list[float]], B: list[list[float]]) -> list[list[float]]:
@@ -197,23 +202,24 @@ def verify_result(result: Any, cases: list[tuple[list[list[float]], list[list[fl
         return False, False, "the evaluation did not return a result for every case"
     rtol = payload["rtol"]
     for index, (record, (A, B)) in enumerate(zip(result["cases"], cases)):
+        rows, cols = _shape(A, B)
+        name = f"case {index} ({rows}x{len(B)} times {len(B)}x{cols})"
         if type(record) is not dict or record.get("status") != "ok":
             status = record.get("status") if type(record) is dict else "missing"
             detail = record.get("detail", "") if type(record) is dict else ""
-            return False, False, f"case {index}: {status} {detail}".strip()
-        rows, cols = _shape(A, B)
+            return False, False, f"{name}: {_STATUS_WORDS.get(status, status)} {detail}".strip() + _traceback_of(record)
         why = check_matrix(record.get("value"), rows, cols)
         if why is not None:
-            return False, False, f"case {index}: {why}"
+            return False, False, f"{name}: {why}"
         ok, err = compare(naive_matmul(A, B), record["value"], A, B, rtol)
         if not ok:
-            return False, False, f"case {index} ({rows}x{len(B)} times {len(B)}x{cols}): wrong result (max relative error {err:.3g})"
+            return False, False, f"{name}: wrong result (max relative error {err:.3g})"
     sp, speed = payload.get("speed"), result.get("speed")
     if sp is None:
         return True, False, "correct (no speed trials requested)"
     if type(speed) is not dict or speed.get("stopped") is not None or type(speed.get("trials")) is not list:
         why = speed.get("detail", "") if type(speed) is dict else "no speed result"
-        return True, False, f"correct, but the speed trials stopped: {why}"
+        return True, False, f"correct, but the speed trials stopped: {why}" + _traceback_of(speed)
     trials = speed["trials"]
     if len(trials) != sp["trials"]:
         return True, False, f"correct, but only {len(trials)} of {sp['trials']} speed trials ran"
@@ -221,6 +227,12 @@ def verify_result(result: Any, cases: list[tuple[list[list[float]], list[list[fl
         if type(trial) is not dict or not check_speed_samples(sp["seed"], tuple(sp["shape"]), t, sp["positions"], trial.get("samples"), rtol):
             return True, False, f"correct, but speed trial {t} returned wrong values"
     return True, True, "correct, speed trials verified"
+
+
+def _traceback_of(record: Any) -> str:
+    """The untrusted code's trimmed traceback in a failure record, on its own lines ('' when none)."""
+    tb = record.get("traceback") if type(record) is dict else None
+    return f"\n{tb}" if type(tb) is str and tb else ""
 
 
 def make_payload(
@@ -274,13 +286,21 @@ def _copy(M: list[list[float]]) -> list[list[float]]:
     return [list(r) for r in M]
 
 
+def _timed_reference(ctx: Any, A: list[list[float]], B: list[list[float]]) -> tuple[list[list[float]], float, float]:
+    """(naive product, CPU seconds, wall seconds) of the bundled reference, timed like ``ctx.call`` times fn."""
+    gc.collect()
+    t0, c0 = ctx.clock(), ctx.cpu_clock()
+    ref = naive_matmul(A, B)
+    return ref, ctx.cpu_clock() - c0, ctx.clock() - t0
+
+
 def harness(fn: Any, payload: dict, ctx: Any) -> dict:
     """Run the correctness cases and the timed speed trials of an untrusted ``matmul``; return plain data.
 
     Returns ``{"cases": [...], "speed": {...}, "timed_s": float}``: each case is
     ``{"status": "ok", "value": rows}`` or ``{"status": "invalid_output" | "error" | "timeout" | "budget",
-    "detail", "error_type"}``; speed is ``{"trials": [{"fn_s", "ref_s", "fn_first", "max_rel_err",
-    "samples"}], "stopped": None | reason, "detail"}``.
+    "detail", "error_type"}`` (errors also carry the trimmed "traceback"); speed is ``{"trials": [{"fn_s", "ref_s", "fn_wall_s", "ref_wall_s", "fn_first",
+    "max_rel_err", "samples"}], "stopped": None | reason, "detail"}`` (``*_s`` CPU seconds, ``*_wall_s`` wall).
     """
     _check_payload(payload)
     clock, reserve = ctx.clock, payload["reserve_s"]
@@ -293,10 +313,12 @@ def harness(fn: Any, payload: dict, ctx: Any) -> dict:
         except CallTimeout:
             return {"status": "timeout", "detail": "the call took longer than the per-call limit", "error_type": None}, None
         except UserError as exc:
+            type_name = str(getattr(exc, "type_name", "Exception"))
             return {
                 "status": "error",
-                "detail": str(getattr(exc, "message", ""))[:_DETAIL_CHARS],
-                "error_type": str(getattr(exc, "type_name", "Exception")),
+                "detail": f"{type_name}: {getattr(exc, 'message', '')}"[:_DETAIL_CHARS],
+                "error_type": type_name,
+                "traceback": str(getattr(exc, "traceback", ""))[-_TRACEBACK_CHARS:],
             }, None
 
     cases: list[dict] = []
@@ -328,28 +350,28 @@ def harness(fn: Any, payload: dict, ctx: Any) -> dict:
             A2, B2 = _copy(A), _copy(B)
             fn_first = trial % 2 == 0
             if not fn_first:
-                gc.collect()
-                t0 = clock()
-                ref = naive_matmul(A2, B2)
-                ref_s = clock() - t0
+                ref, ref_s, ref_wall_s = _timed_reference(ctx, A2, B2)
             gc.collect()
             failure, value = attempt(A, B)
-            fn_s = ctx.last_call_s  # the call itself, timed by the trusted side (argument copy excluded)
+            fn_s, fn_wall_s = ctx.last_call_cpu_s, ctx.last_call_s  # the call itself (argument copy excluded)
+            if failure is None:
+                # Check and snapshot the result NOW, before anything (a gc run, in particular) can let code
+                # the function left behind (a generator's finally, run when it is collected) fill it in
+                # after the clock stopped.
+                why = check_matrix(value, n, m)
+                value = _copy(value) if why is None else None
+                if why is not None:
+                    failure = {"status": "invalid_output", "detail": why}
             if fn_first:
-                gc.collect()
-                t0 = clock()
-                ref = naive_matmul(A2, B2)
-                ref_s = clock() - t0
+                ref, ref_s, ref_wall_s = _timed_reference(ctx, A2, B2)
             if failure is not None:
                 speed["stopped"], speed["detail"] = failure["status"], f"trial {trial}: {failure['detail']}"
-                break
-            why = check_matrix(value, n, m)
-            if why is not None:
-                speed["stopped"], speed["detail"] = "invalid_output", f"trial {trial}: {why}"
+                speed["traceback"] = failure.get("traceback", "")
                 break
             ok, err = compare(ref, value, A2, B2, payload["rtol"])
             samples = [value[i][j] for i, j in sp["positions"]]
-            speed["trials"].append({"fn_s": fn_s, "ref_s": ref_s, "fn_first": fn_first, "max_rel_err": err, "samples": samples})
+            speed["trials"].append({"fn_s": fn_s, "ref_s": ref_s, "fn_wall_s": fn_wall_s, "ref_wall_s": ref_wall_s,
+                                    "fn_first": fn_first, "max_rel_err": err, "samples": samples})
             if not ok:
                 speed["stopped"], speed["detail"] = "wrong", f"trial {trial}: result differs from the reference (max relative error {err:.3g})"
                 break

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,13 +9,14 @@ from typing import Any
 import numpy as np
 
 from ossgym.envs.code import harness2048
-from ossgym.envs.code.base import CodeEnv, CodeTask, FormatWeights
+from ossgym.envs.code.base import CodeEnv, CodeTask, FormatWeights, derived_seed
 from ossgym.envs.game2048.engine import MAX_EXPONENT, MAX_SIZE, MIN_SIZE
 from ossgym.errors import ConfigError
 from ossgym.sandbox import DEFAULT_IMPORTS, Outcome, SandboxPool, SandboxResult, SandboxTask
 
 _HARNESS = "ossgym.envs.code.harness2048:harness"
 _FAILED_ENDS = ("invalid_output", "timeout", "error")
+_SEED_NAMESPACE = "ossgym.GptOss2048"
 
 
 @dataclass(frozen=True)
@@ -55,12 +55,6 @@ class Strategy2048Config:
                 raise ConfigError(name, f"must be seconds in (0, 3600], got {v!r}", "Pass e.g. 0.05 or 5.0.")
         if self.time_budget_s <= 0.2:
             raise ConfigError("time_budget_s", "must leave time to play (> 0.2 s)", "Pass e.g. time_budget_s=5.0.")
-
-
-def _derived_seed(kind: str, seed: int) -> int:
-    """A seed for one use of an evaluation seed; one-way, so one use reveals nothing about another."""
-    digest = hashlib.sha256(f"ossgym.GptOss2048:{kind}:{seed}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 class Strategy2048Task(CodeTask):
@@ -109,7 +103,7 @@ class Strategy2048Task(CodeTask):
 
     def payload(self, seed: int) -> dict:
         c = self.config
-        game_seeds = np.random.default_rng(_derived_seed("games", seed)).integers(2**63, size=c.num_games)
+        game_seeds = np.random.default_rng(derived_seed(_SEED_NAMESPACE, "games", seed)).integers(2**63, size=c.num_games)
         return harness2048.make_payload(
             [int(s) for s in game_seeds],
             size=c.size,
@@ -127,7 +121,7 @@ class Strategy2048Task(CodeTask):
             call_timeout_s=c.move_time_limit_s,
             total_timeout_s=c.time_budget_s,
             memory_mb=c.memory_mb,
-            seed=_derived_seed("random", seed),
+            seed=derived_seed(_SEED_NAMESPACE, "random", seed),
         )
 
     def judge(self, result: SandboxResult, payload: Any) -> tuple[dict[str, float], str, dict]:
