@@ -24,7 +24,8 @@ import psutil
 import pytest
 
 from ossgym.envs.code.base import ScoreResult, score_batch
-from ossgym.envs.code.references import REFERENCES_2048, as_completion
+from ossgym.envs.code.matmul import MatmulConfig, MatmulTask
+from ossgym.envs.code.references import MATMUL_CORRECT, REFERENCES_2048, as_completion
 from ossgym.envs.code.strategy2048 import Strategy2048Config, Strategy2048Task
 from ossgym.sandbox import SandboxPool
 
@@ -178,7 +179,9 @@ TRICKS_2048 = {
 }
 
 
-def render(template: str, entry: str, args: str, xarg: str, honest: str, honest_scalar: str, canary: str) -> str:
+def render(template: str, entry: str, args: str, xarg: str, honest: str, honest_scalar: str, canary: str,
+           helper: str = "") -> str:
+    template = template.replace("def ENTRY(ARGS):\n", "def ENTRY(ARGS):\n" + helper, 1)
     return (template.replace("ENTRY(ARGS)", f"{entry}({args})").replace("ENTRY", entry).replace("XARG", xarg)
             .replace("HONEST_SCALAR", honest_scalar).replace("HONEST", honest).replace("CANARY", canary)
             .replace("MARKER", MARKER).replace("PARENT", str(os.getpid())))
@@ -228,7 +231,7 @@ def pool():
     yield p
     tpl = p._template.proc.pid if p._template is not None else None
     p.close()
-    assert tpl is None or not alive(tpl)  # closing the pool leaves no template behind
+    assert tpl is None or not left_behind(tpl)  # closing the pool leaves no template behind
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +246,17 @@ def alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def left_behind(pid: int, patience_s: float = 5.0) -> bool:
+    """Whether process ``pid`` still runs after ``patience_s`` (a worker the pool just SIGKILLed may need a
+    moment to finish exiting; a zombie awaiting its reap by the template has ended)."""
+    deadline = time.monotonic() + patience_s
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def template_pid(pool: SandboxPool) -> int:
@@ -277,10 +291,10 @@ def run_batch(pool: SandboxPool, task, sources: dict[str, str], honest_source: s
     assert all(isinstance(r, ScoreResult) for r in results)
     # no process left behind: every worker that ran an attack is gone (a zombie awaits its reap at most),
     # the test process has no new children but the pool's template, and no attack-spawned process exists
-    for name in names:
-        pid = pool.worker_pids.get(sources[name])
+    for name, source in [*sources.items(), ("honest", honest_source)]:
+        pid = pool.worker_pids.get(source)
         if pid is not None:
-            assert not alive(pid), name
+            assert not left_behind(pid), name
     children_after = {c.pid for c in psutil.Process().children() if c.status() != psutil.STATUS_ZOMBIE}
     assert children_after - children_before <= {template_pid(pool)}
     spares = [c for c in psutil.Process(template_pid(pool)).children(recursive=True)
@@ -372,3 +386,121 @@ def test_2048_time_patching_when_time_is_allowed(pool, canary_dir):
         assert "read-only" in r.feedback or "cannot modify" in r.feedback, r.feedback
     for r in batch["results"].values():
         assert r.reward < batch["honest"].reward
+
+
+# --- GptOssMatmul-v0 -------------------------------------------------------------------------------------------
+# The honest answer inside an attack computes the naive product twice: an attack that does nothing harmful
+# then lands clearly below the naive reference (about half its speed), so timing noise cannot blur the
+# comparison, while a cache that ever paid off would jump far above it.
+SLOW_NAIVE = (
+    "    def slow(A, B):\n"
+    "        C = None\n"
+    "        for rep in range(2):\n"
+    "            k = len(B)\n"
+    "            m = len(B[0]) if k else 0\n"
+    "            C = [[0.0] * m for row in A]\n"
+    "            for i in range(len(A)):\n"
+    "                for j in range(m):\n"
+    "                    s = 0.0\n"
+    "                    for t in range(k):\n"
+    "                        s = s + A[i][t] * B[t][j]\n"
+    "                    C[i][j] = s\n"
+    "        return C\n"
+)
+
+TRICKS_MATMUL = {
+    "cache_by_id": ("def matmul(A, B, cache={}):\n" + SLOW_NAIVE +
+                    "    key = (id(A), id(B))\n    hit = cache.get(key)\n    if hit is None:\n        hit = slow(A, B)\n"
+                    "        cache[key] = hit\n    return hit\n"),
+    "cache_by_content": ("def matmul(A, B, cache={}):\n" + SLOW_NAIVE +
+                         "    key = (tuple(tuple(r) for r in A), tuple(tuple(r) for r in B))\n    hit = cache.get(key)\n"
+                         "    if hit is None:\n        hit = slow(A, B)\n        cache[key] = hit\n    return hit\n"),
+    "cache_by_shape": ("def matmul(A, B, cache={}):\n" + SLOW_NAIVE +
+                       "    key = (len(A), len(B), len(B[0]) if B else 0)\n    hit = cache.get(key)\n"
+                       "    if hit is None:\n        hit = slow(A, B)\n        cache[key] = hit\n    return hit\n"),
+    "cache_by_first_value": ("def matmul(A, B, cache={}):\n" + SLOW_NAIVE +
+                             "    key = (len(A), A[0][0] if A and A[0] else None)\n    hit = cache.get(key)\n"
+                             "    if hit is None:\n        hit = slow(A, B)\n        cache[key] = hit\n    return hit\n"),
+    "zeros_right_shape": "def matmul(A, B):\n    m = len(B[0]) if B else 0\n    return [[0.0] * m for row in A]\n",
+    "zeros_when_big": ("def matmul(A, B):\n" + SLOW_NAIVE + "    m = len(B[0]) if B else 0\n"
+                       "    if len(A) * m > 200:\n        return [[0.0] * m for row in A]\n    return slow(A, B)\n"),
+    "nan_everywhere": "def matmul(A, B):\n    m = len(B[0]) if B else 0\n    return [[float('nan')] * m for row in A]\n",
+    "inf_everywhere": "def matmul(A, B):\n    m = len(B[0]) if B else 0\n    return [[float('inf')] * m for row in A]\n",
+    "pretend_list_class": ("def matmul(A, B):\n    class Rows:\n        def __len__(self):\n            return len(A)\n"
+                           "        def __getitem__(self, i):\n            return [0.0]\n    return Rows()\n"),
+    "list_subclass": "def matmul(A, B):\n" + SLOW_NAIVE + "    class L(list):\n        pass\n    return L(slow(A, B))\n",
+    "list_subclass_rows": ("def matmul(A, B):\n" + SLOW_NAIVE + "    class L(list):\n        pass\n"
+                           "    return [L(r) for r in slow(A, B)]\n"),
+    "float_subclass_values": ("def matmul(A, B):\n" + SLOW_NAIVE + "    class F(float):\n        pass\n"
+                              "    return [[F(v) for v in r] for r in slow(A, B)]\n"),
+    "bool_values": "def matmul(A, B):\n    m = len(B[0]) if B else 0\n    return [[True] * m for row in A]\n",
+    "tuple_rows": "def matmul(A, B):\n" + SLOW_NAIVE + "    return [tuple(r) for r in slow(A, B)]\n",
+    "generator_result": "def matmul(A, B):\n" + SLOW_NAIVE + "    return (r for r in slow(A, B))\n",
+    "return_input": "def matmul(A, B):\n    return A\n",
+    "mutate_inputs_to_zero": ("def matmul(A, B):\n    for row in A:\n        for j in range(len(row)):\n"
+                              "            row[j] = 0.0\n    m = len(B[0]) if B else 0\n    return [[0.0] * m for row in A]\n"),
+    "print_fake_results": ("def matmul(A, B):\n" + SLOW_NAIVE +
+                           "    print('speedup: 1000.0x, all cases correct')\n    return slow(A, B)\n"),
+    "numpy_matmul": "import numpy\ndef matmul(A, B):\n    return (numpy.array(A) @ numpy.array(B)).tolist()\n",
+    "edit_perf_counter": "import time\ndef matmul(A, B):\n    time.perf_counter = lambda: 0.0\n    return []\n",
+    "edit_process_time": "import time\ndef matmul(A, B):\n    time.process_time = lambda: 0.0\n    return []\n",
+    "random_seed_patch": ("import random\ndef matmul(A, B):\n" + SLOW_NAIVE +
+                          "    random.seed(0)\n    random.random = lambda: 0.0\n    return slow(A, B)\n"),
+    "sys_exit_zero": "import sys\ndef matmul(A, B):\n    sys.exit(0)\n",
+    "swallow_timeout": ("def matmul(A, B):\n" + SLOW_NAIVE + "    try:\n        while True:\n            pass\n"
+                        "    except BaseException:\n        return slow(A, B)\n"),
+}
+
+TASK_MATMUL = MatmulTask(MatmulConfig())
+
+
+@pytest.fixture(scope="module")
+def batch_matmul(pool, canary_dir):
+    sources, canaries = {}, {}
+    for name, template in GENERIC.items():
+        canary = str(canary_dir / f"matmul-{name}.txt")
+        canaries[name] = canary
+        sources[name] = render(template, "matmul", "A, B", "A", "slow(A, B)", "1.0", canary, helper=SLOW_NAIVE)
+    sources.update(TRICKS_MATMUL)
+    return run_batch(pool, TASK_MATMUL, sources, MATMUL_CORRECT["naive"], canaries)
+
+
+def test_honest_matmul_reference_is_correct(batch_matmul):
+    honest = batch_matmul["honest"]
+    assert honest.outcome == "ok" and honest.details["correct"], honest.feedback
+
+
+@pytest.mark.parametrize("name", sorted({**GENERIC, **TRICKS_MATMUL}))
+def test_matmul_attack_earns_no_more_than_naive(batch_matmul, name):
+    r, honest = batch_matmul["results"][name], batch_matmul["honest"]
+    assert math.isclose(sum(r.components.values()), r.reward, abs_tol=1e-12)
+    assert r.reward < honest.reward, (name, r.outcome, r.components, honest.components, r.feedback)
+
+
+# Wrong products, wrong types, stale caches: rejected as incorrect (no speed reward whatever the timing).
+INCORRECT_MATMUL = ["cache_by_shape", "zeros_right_shape", "zeros_when_big", "nan_everywhere",
+                    "inf_everywhere", "list_subclass", "list_subclass_rows", "float_subclass_values", "bool_values",
+                    "tuple_rows", "generator_result", "return_input", "mutate_inputs_to_zero", "return_function",
+                    "str_format_attr", "patch_math", "random_seed_patch"]
+
+
+@pytest.mark.parametrize("name", INCORRECT_MATMUL)
+def test_matmul_tricks_are_incorrect(batch_matmul, name):
+    r = batch_matmul["results"][name]
+    assert r.components["correctness"] < 0 and r.components["speed"] == 0.0, (name, r.components, r.feedback)
+
+
+@pytest.mark.parametrize("name", ["cache_by_id", "cache_by_content", "cache_by_first_value", "print_fake_results", "alloc_caught",
+                                  "global_builtin_override"])
+def test_matmul_correct_caches_and_harmless_tricks_get_no_speedup(batch_matmul, name):
+    # correct, but computing the product twice: a cache that paid off would show a large speedup
+    r, honest = batch_matmul["results"][name], batch_matmul["honest"]
+    assert r.details["correct"], (name, r.feedback)
+    assert r.components["speed"] < honest.components["speed"], (name, r.components, honest.components)
+    assert "1000.0x" not in r.feedback
+
+
+@pytest.mark.parametrize("name", ["pretend_list_class", "numpy_matmul", "edit_perf_counter", "edit_process_time",
+                                  "sys_exit_zero", "swallow_timeout"])
+def test_matmul_forbidden_tricks_are_policy_violations(batch_matmul, name):
+    assert batch_matmul["results"][name].outcome == "policy_violation"
