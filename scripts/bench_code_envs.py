@@ -23,7 +23,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ossgym.envs.code.base import score, score_batch  # noqa: E402
-from ossgym.envs.code.references import REFERENCES_2048, as_completion  # noqa: E402
+from ossgym.envs.code.matmul import MatmulConfig, MatmulTask  # noqa: E402
+from ossgym.envs.code.references import (MATMUL_CACHE_CHEATS, MATMUL_CORRECT, MATMUL_INCORRECT,  # noqa: E402
+                                         REFERENCES_2048, as_completion)
 from ossgym.envs.code.strategy2048 import Strategy2048Config, Strategy2048Task  # noqa: E402
 from ossgym.sandbox import SandboxPool  # noqa: E402
 
@@ -35,6 +37,7 @@ def code_tasks() -> dict[str, tuple[object, dict[str, str]]]:
         "GptOss2048-v0": (task_2048, REFERENCES_2048),
         # without the one reference that plays for seconds: what the scoring path itself costs
         "GptOss2048-v0 (fast mix)": (task_2048, {k: v for k, v in REFERENCES_2048.items() if k != "expectimax2"}),
+        "GptOssMatmul-v0": (MatmulTask(MatmulConfig()), {**MATMUL_CORRECT, **MATMUL_INCORRECT, **MATMUL_CACHE_CHEATS}),
     }
     return tasks
 
@@ -75,7 +78,7 @@ def main() -> None:
         f"SandboxPool({workers}), env defaults; "
         f"batch of {args.batch} = 8 seeds x 8 samples cycling through the references ({mix})",
         "",
-        "| env | mode | completions | seconds | completions/s | x one by one | same reward as the other mode |",
+        "| env | mode | completions | seconds | completions/s | x one by one | same reward in both modes |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for env_id, mode, n, t, ratio, same in rows:
@@ -89,7 +92,10 @@ def main() -> None:
                 f"\n## Code envs scoring: GRPO batch pooled vs one by one (scripts/bench_code_envs.py)\n\n"
                 f"- Date: {datetime.date.today().isoformat()}\n"
                 f"- Machine: 2-core CPU dev machine (shared)\n"
-                f"- Command: `{command.strip()}` (run as `/work/venv/bin/python ...` from the repository root)\n\n"
+                f"- Command: `{command.strip()}` (run as `/work/venv/bin/python ...` from the repository root)\n"
+                f"- Both modes score the same 64 completions with the same warm pool. The last column counts\n"
+                f"  completions whose reward was identical in both modes: rewards that depend on the machine's\n"
+                f"  speed differ (matmul's measured speedup; a 2048 game cut by the wall-clock budget).\n\n"
                 f"{table}\n"
             )
 
