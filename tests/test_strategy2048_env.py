@@ -287,7 +287,6 @@ def test_timeouts_and_endless_loops(pool, small_task):
         assert r.components["failures"] == -1.0 and r.components["crash"] == 0.0, name
     assert all(g["moves"] > 0 for g in results["slow_later"].details["games"])
     assert results["slow_later"].components["score"] > 0
-    assert results["loops_forever"].details["wall_time_s"] < 3.0 + 1.0  # bounded by the budget + grace
 
 
 def test_memory_blow_up_is_a_crash(pool, small_task):
