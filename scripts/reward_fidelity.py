@@ -1,10 +1,15 @@
-"""Reward fidelity of GptOss2048-v0: the bundled reference strategies on many evaluation seeds.
+"""Reward fidelity of a code env: the bundled reference completions scored on many evaluation seeds.
 
-Prints a Markdown table (mean reward, standard error, gap to the previous reference in standard errors,
-games that reached the target, the mean of every reward component, outcomes) and whether the bar of issue 4
-holds: means strictly ordered worst to best with gaps > 3 standard errors, random never reaching the target.
+Prints a Markdown table per group of references (mean reward, standard error, gap to the previous reference
+in standard errors, games that reached the target, the mean of every reward component, outcomes) and
+whether the bar of issue 4 holds:
 
-Usage: python scripts/reward_fidelity.py [--seeds 100] [--workers 2]
+- GptOss2048-v0: invalid < constant W < random < greedy < corner < expectimax, each gap > 3 standard
+  errors, random never reaching the target;
+- GptOssMatmul-v0: naive < zip < fast, each gap > 3 standard errors; every incorrect or policy-violating
+  run below every correct run; cache cheats (correct) below zip.
+
+Usage: python scripts/reward_fidelity.py --env GptOss2048-v0 [--seeds 100] [--workers 2]
 """
 
 from __future__ import annotations
@@ -17,34 +22,66 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ossgym.envs.code import references as refs  # noqa: E402
 from ossgym.envs.code.fidelity import evaluate_references, format_table, ordering_problems  # noqa: E402
-from ossgym.envs.code.references import REFERENCES_2048  # noqa: E402
+from ossgym.envs.code.matmul import MatmulConfig, MatmulTask  # noqa: E402
 from ossgym.envs.code.strategy2048 import Strategy2048Config, Strategy2048Task  # noqa: E402
 from ossgym.sandbox import SandboxPool  # noqa: E402
 
 
+def check_2048(groups: dict, config: Strategy2048Config, seeds: int) -> list[str]:
+    """The 2048 bar: strict order with gaps > 3 SE, random never wins."""
+    stats = groups["references"]
+    problems = ordering_problems(stats)
+    random_wins = next(s.wins for s in stats if s.name == "random")
+    if random_wins:
+        problems.append(f"random reached {config.target} in {random_wins} of {seeds * config.num_games} games")
+    return problems
+
+
+def check_matmul(groups: dict, config: MatmulConfig, seeds: int) -> list[str]:
+    """The matmul bar: correct ones ordered, incorrect and violations below every correct run, cheats below zip."""
+    correct = groups["correct"]
+    problems = ordering_problems(correct)
+    worst_correct = min(min(s.rewards) for s in correct)
+    for s in groups["incorrect"] + groups["policy violation"]:
+        if max(s.rewards) >= worst_correct:
+            problems.append(f"{s.name} scored {max(s.rewards):+.3f}, not below every correct run ({worst_correct:+.3f})")
+    zip_mean = next(s.mean for s in correct if s.name == "zip")
+    problems += [f"cache cheat {s.name} ({s.mean:+.3f}) is not below zip ({zip_mean:+.3f})"
+                 for s in groups["cache cheat"] if not s.mean < zip_mean]
+    return problems
+
+
+ENVS = {
+    "GptOss2048-v0": (Strategy2048Config, Strategy2048Task, {"references": refs.REFERENCES_2048}, check_2048),
+    "GptOssMatmul-v0": (MatmulConfig, MatmulTask, {"correct": refs.MATMUL_CORRECT, "cache cheat": refs.MATMUL_CACHE_CHEATS,
+                                                   "incorrect": refs.MATMUL_INCORRECT,
+                                                   "policy violation": refs.MATMUL_POLICY_VIOLATIONS}, check_matmul),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", choices=sorted(ENVS), default="GptOss2048-v0")
     parser.add_argument("--seeds", type=int, default=100, help="evaluation seeds per reference (0..N-1)")
     parser.add_argument("--workers", type=int, default=None, help="sandbox workers (default: one per core)")
     args = parser.parse_args()
-    config = Strategy2048Config()
-    task = Strategy2048Task(config)
+    config_cls, task_cls, groups, check = ENVS[args.env]
+    config = config_cls()
+    task = task_cls(config)
     start = time.monotonic()
     with SandboxPool(args.workers) as pool:
-        stats = evaluate_references(task, REFERENCES_2048, range(args.seeds), pool)
+        stats = {name: evaluate_references(task, sources, range(args.seeds), pool) for name, sources in groups.items()}
     took = time.monotonic() - start
-    print(f"GptOss2048-v0 defaults ({config.size}x{config.size}, target {config.target}, {config.num_games} games "
-          f"per evaluation, {config.move_time_limit_s:g} s per move, {config.time_budget_s:g} s budget); "
-          f"evaluation seeds 0..{args.seeds - 1}; {len(stats) * args.seeds} evaluations in {took:.0f} s "
+    print(f"{args.env} with default options; evaluation seeds 0..{args.seeds - 1}; "
+          f"{sum(len(s) for s in stats.values()) * args.seeds} evaluations in {took:.0f} s "
           f"({pool.workers} workers, python {platform.python_version()})\n")
-    print(format_table(stats))
-    problems = ordering_problems(stats)
-    random_wins = next(s.wins for s in stats if s.name == "random")
-    print()
-    print("ordering: " + ("strictly ordered, every gap > 3 SE" if not problems else "; ".join(problems)))
-    print(f"random reached {config.target}: {random_wins} times in {args.seeds * config.num_games} games")
-    sys.exit(1 if problems or random_wins else 0)
+    for name, group in stats.items():
+        print(f"{name}:\n\n{format_table(group)}\n")
+    problems = check(stats, config, args.seeds)
+    print("fidelity bar: " + ("holds" if not problems else "FAILS: " + "; ".join(problems)))
+    sys.exit(1 if problems else 0)
 
 
 if __name__ == "__main__":
