@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 def make_code_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None, reasoning_effort: str = "low") -> "CodeEnv":
     """The unwrapped ossgym code env ``env_id`` built with ``env_kwargs``; ConfigError if it is not one."""
     import gymnasium
+    from gymnasium.envs.registration import load_env_creator
 
     import ossgym  # noqa: F401  (registers the environments)
     from ossgym.envs.code.base import CodeEnv
@@ -38,14 +39,15 @@ def make_code_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None, reas
         close = difflib.get_close_matches(env_id, list(gymnasium.registry), n=3)
         hint = f"Did you mean {', '.join(close)}?" if close else "See gymnasium.registry for the ids."
         raise ConfigError("env_id", f"{env_id!r} is not a registered environment", hint)
-    env = gymnasium.make(env_id, reasoning_effort=reasoning_effort, **dict(env_kwargs or {})).unwrapped
-    if not isinstance(env, CodeEnv):
+    entry = gymnasium.registry[env_id].entry_point
+    creator = load_env_creator(entry) if isinstance(entry, str) else entry
+    if not (isinstance(creator, type) and issubclass(creator, CodeEnv)):
         raise ConfigError(
             "env_id",
             f"{env_id!r} is not a code-writing env (GRPO scores completions through CodeEnv.score_batch)",
             "Use a code env such as GptOss2048-v0 or GptOssMatmul-v0.",
         )
-    return env
+    return gymnasium.make(env_id, reasoning_effort=reasoning_effort, **dict(env_kwargs or {})).unwrapped
 
 
 class EnvScorer:
