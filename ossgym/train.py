@@ -74,6 +74,7 @@ def _step_record(step: int, logs: dict, components: Sequence[str], timings: dict
         "step": step,
         "reward": get("reward"),
         "reward_std": get("reward_std"),
+        "frac_reward_zero_std": get("frac_reward_zero_std"),  # groups whose completions all scored alike
         "components": {name: get(f"rewards/{name}/mean") for name in components},
         "loss": get("loss"),
         "kl": get("kl"),  # TRL computes it only when beta > 0; null otherwise
@@ -215,6 +216,8 @@ def format_report(result: TrainResult, config: "GRPORunConfig", notes: Sequence[
         "",
         f"time: {result.wall_s:.1f} s in all; generation {total('generation_s'):.1f} s, scoring "
         f"{total('scoring_s'):.1f} s, optimizer {total('optimizer_s'):.1f} s, steps {total('step_s'):.1f} s",
+        f"groups with no reward spread (no learning signal): "
+        f"{100 * (_mean([r.get('frac_reward_zero_std') for r in recs]) or 0):.0f}%",
         f"mean completion length: {_mean([r['completion_length'] for r in recs]) or 0:.1f} tokens; "
         f"last loss {recs[-1]['loss'] if recs else float('nan'):.4g}",
         f"outputs in {result.output_dir}: {LOG_FILE}, {PLOT_FILE}, "
