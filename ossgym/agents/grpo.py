@@ -14,6 +14,10 @@ ossgym:
 - :class:`GRPORunConfig` holds a run's options, validates them, and maps them onto ``trl.GRPOConfig`` and
   ``peft.LoraConfig``.
 
+For ossgym's own envs and agent, :mod:`ossgym.agents.grpo_env` builds the scorer, component names and dataset
+from an env id (``EnvRewards``) and the generate function over ``GptOssAgent`` (``AgentGenerate``);
+:mod:`ossgym.train` runs whole jobs (``run_training``, ``ossgym train``, the demo).
+
 Using the reward functions with TRL alone (no other ossgym part)::
 
     from trl import GRPOConfig, GRPOTrainer
@@ -98,13 +102,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
-from torch.utils.checkpoint import checkpoint
 
 from ossgym.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where it is used, so the ``ossgym train`` parser stays light
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -355,6 +360,8 @@ def make_rollout_func(
         was_training = model.training
         model.eval()
         start = time.perf_counter()
+        import torch
+
         try:
             with torch.no_grad():
                 samples = list(
@@ -415,6 +422,8 @@ def make_rollout_func(
 
 
 def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, inv_t: float) -> torch.Tensor:
+    import torch
+
     logits = (hidden @ weight.t()).float() * inv_t
     return logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
@@ -434,6 +443,9 @@ def chunked_logprobs(
     The product runs in the inputs' dtype (bf16 logits, as the model's own forward gives) and the
     softmax in fp32.
     """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
     if chunk_size < 1:
         raise ConfigError("chunk_size", f"must be at least 1, got {chunk_size}", "Pass chunk_size=1024.")
     if hidden_states.shape[:-1] != token_ids.shape:

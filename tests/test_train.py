@@ -1,0 +1,253 @@
+"""GRPO runs of the tiny gpt-oss agent on GptOss2048-v0 (ossgym/train.py, grpo_env.py, warm_start.py): CPU, offline."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+from ossgym.agents.grpo import RAW_COMPLETION_FIELD, GRPORunConfig  # noqa: E402
+from ossgym.agents.grpo_env import AgentGenerate, EnvRewards, EnvScorer  # noqa: E402
+from ossgym.agents.warm_start import STRATEGY_2048_COMPLETIONS, supervised_warm_start  # noqa: E402
+from ossgym.errors import ConfigError  # noqa: E402
+from ossgym.train import main, run_training  # noqa: E402
+
+FAST_ENGINE = importlib.util.find_spec("ossgym.agents.gptoss.engine") is not None
+ENV_OPTIONS = {"num_games": 1}
+CODE = '<|channel|>final<|message|>```python\ndef strategy(board):\n    return "W"\n```<|return|>'
+NO_CODE = "<|channel|>final<|message|>I cannot write that.<|return|>"
+
+
+def tiny_agent():
+    from ossgym.agents.agent import GptOssAgent
+
+    return GptOssAgent.tiny()
+
+
+# ------------------------------------------------------------------------------------------------------
+# Reward functions from an env id
+# ------------------------------------------------------------------------------------------------------
+
+
+def test_reward_funcs_agree_with_env_score():
+    env = EnvRewards("GptOss2048-v0", ENV_OPTIONS)
+    assert env.component_names == ("format", "policy", "tile", "score", "win", "failures", "crash")
+    funcs = env.reward_funcs()
+    assert [f.__name__ for f in funcs] == list(env.component_names)
+    raw = list(STRATEGY_2048_COMPLETIONS)
+    seeds = [3, 3, 7, 7, 11]
+    expected = [env.env.score(text, seed).components for text, seed in zip(raw, seeds)]
+    assert len({e["format"] for e in expected}) == 3 and len({e["policy"] for e in expected}) == 3
+    # as the ossgym rollout hands them (raw text with special tokens) ...
+    got = {f.__name__: f(prompts=[[]] * 5, completions=[[]] * 5, seed=seeds, **{RAW_COMPLETION_FIELD: raw})
+           for f in funcs}
+    # ... and as TRL's own generation does (decoded without special tokens, conversational)
+    decoded = [t.replace("<|channel|>final<|message|>", "assistantfinal").replace("<|return|>", "") for t in raw]
+    got_decoded = {f.__name__: f(prompts=[[]] * 5, completions=[[{"role": "assistant", "content": d}] for d in decoded],
+                                 seed=seeds) for f in funcs}
+    expected_decoded = [env.env.score(text, seed).components for text, seed in zip(decoded, seeds)]
+    for name in env.component_names:
+        assert got[name] == pytest.approx([e[name] for e in expected])
+        assert got_decoded[name] == pytest.approx([e[name] for e in expected_decoded])
+    assert [e["format"] for e in expected_decoded] == [e["format"] for e in expected]
+
+
+def test_env_scorer_pickles_and_prompts_are_the_env_messages():
+    scorer = pickle.loads(pickle.dumps(EnvScorer("GptOss2048-v0", ENV_OPTIONS)))
+    assert scorer([NO_CODE], [5]) == [{"format": -1.0, "policy": 0.0, "tile": 0.0, "score": 0.0, "win": 0.0,
+                                       "failures": 0.0, "crash": 0.0}]
+    env = EnvRewards("GptOss2048-v0", ENV_OPTIONS, reasoning_effort="high")
+    import gymnasium
+
+    _, info = gymnasium.make("GptOss2048-v0", **ENV_OPTIONS).reset(options={"eval_seed": 9})
+    assert env.prompt(9) == info["messages"]
+    ds = env.dataset(4, seed=1)
+    assert ds["prompt"][0] == env.prompt(ds["seed"][0]) and set(ds["reasoning_effort"]) == {"high"}
+
+
+@pytest.mark.parametrize("env_id,options,field", [("GptOss2048-v1", {}, "env_id"), ("Game2048-v0", {}, "env_id"),
+                                                   ("GptOss2048-v0", {"size": 99}, "size")])
+def test_env_rewards_reject_bad_env(env_id, options, field):
+    with pytest.raises(ConfigError) as info:
+        EnvRewards(env_id, options)
+    assert info.value.field == field
+
+
+# ------------------------------------------------------------------------------------------------------
+# Warm start and the generate function
+# ------------------------------------------------------------------------------------------------------
+
+
+def test_warm_start_fits_the_head_and_agent_generate_samples_from_it():
+    agent = tiny_agent()
+    prompt = [{"role": "user", "content": "Write strategy(board)."}]
+    head_before = agent.model.lm_head.weight.detach().clone()
+    body_before = agent.model.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    losses = supervised_warm_start(agent, [prompt], [CODE, NO_CODE], steps=100)
+    assert losses[-1] < 0.2 * losses[0] and losses[-1] < 1.0
+    changed_rows = (agent.model.lm_head.weight != head_before).any(dim=1).nonzero().flatten().tolist()
+    used = set(agent.tokenizer.encode(CODE + NO_CODE, add_special_tokens=False))
+    assert changed_rows and set(changed_rows) <= used  # only the rows of the completions' tokens moved
+    assert torch.equal(agent.model.model.layers[0].self_attn.q_proj.weight, body_before)
+    generate = AgentGenerate(agent)
+    out = generate([prompt], num_samples=6, max_new_tokens=20, temperature=1.0, top_p=1.0, seed=1, model=agent.model,
+                   stop_token_ids=[200002], chat_template_kwargs={"reasoning_effort": "low"})
+    assert generate.backend == ("fast" if FAST_ENGINE else "reference")
+    assert {g.text for g in out} <= {CODE, NO_CODE}
+    # after "<|channel|>final<|message|>" the two completions part: the warm start made that a fair choice
+    assert all(abs(math.exp(g.logprobs[3]) - 0.5) < 0.2 for g in out), [g.logprobs[3] for g in out]
+    assert all(g.completion_ids[-1] == 200002 and len(g.logprobs) == len(g.completion_ids) for g in out)
+    with pytest.raises(ConfigError, match="chat_template_kwargs"):
+        generate([prompt], num_samples=1, max_new_tokens=2, temperature=1.0, top_p=1.0, seed=1, model=agent.model,
+                 stop_token_ids=[], chat_template_kwargs={"enable_thinking": True})
+
+
+# ------------------------------------------------------------------------------------------------------
+# End to end: two GRPO steps on GptOss2048-v0 through the ossgym rollout
+# ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory):
+    torch.manual_seed(0)
+    agent = tiny_agent()
+    out = tmp_path_factory.mktemp("grpo")
+    config = GRPORunConfig(env_id="GptOss2048-v0", env_kwargs=ENV_OPTIONS, steps=2, group_size=4,
+                           max_prompt_length=1024, max_completion_length=20, max_seq_len=2048, learning_rate=1e-2,
+                           num_dataset_rows=8, output_dir=str(out), seed=0)
+    env = EnvRewards(config.env_id, config.env_kwargs)
+    supervised_warm_start(agent, [env.prompt(0)], [CODE, NO_CODE], steps=100)
+    return run_training(config, agent=agent, progress=False), config
+
+
+def test_two_steps_log_every_component_and_write_outputs(two_step_run):
+    result, config = two_step_run
+    assert result.generation_backend == ("fast" if FAST_ENGINE else "reference")
+    lines = result.log_path.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert records == result.records and [r["step"] for r in records] == [1, 2]
+    for r in records:
+        assert set(r["components"]) == set(result.component_names)
+        assert all(isinstance(v, float) and math.isfinite(v) for v in r["components"].values())
+        assert math.isfinite(r["loss"]) and r["kl"] is None  # beta = 0: TRL computes no KL
+        assert r["reward"] == pytest.approx(sum(r["components"].values()), abs=1e-5)
+        for key in ("completion_length", "generation_s", "scoring_s", "step_s"):
+            assert r[key] > 0
+    assert any(r["reward_std"] > 0 for r in records)  # the warm-started model samples code and no code
+    assert result.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    checkpoint = result.output_dir / "checkpoint-2"
+    assert result.checkpoints == [checkpoint] and (checkpoint / "adapter_model.safetensors").exists()
+    assert (checkpoint / "trainer_state.json").exists()
+    report = (result.output_dir / "report.txt").read_text()
+    assert "reward (sum)" in report and all(name in report for name in result.component_names)
+
+
+def test_two_steps_train_the_lora_and_export_it(two_step_run):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ossgym.agents.gptoss.tiny import tiny_model
+
+    result, _ = two_step_run
+    loaded = PeftModel.from_pretrained(tiny_model(), result.adapter_dir)
+    lora_b = {n: p for n, p in loaded.named_parameters() if "lora_B" in n}
+    assert len(lora_b) == 16  # 4 layers x q, k, v, o
+    assert all(p.abs().sum() > 0 for p in lora_b.values())  # peft starts B at zero: training moved every one
+    merged = AutoModelForCausalLM.from_pretrained(result.merged_dir)
+    assert next(merged.parameters()).dtype == torch.bfloat16
+    expected = loaded.merge_and_unload().state_dict()
+    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.3.self_attn.o_proj.weight"):
+        torch.testing.assert_close(merged.state_dict()[name].float(), expected[name].bfloat16().float())
+        assert not torch.equal(expected[name], tiny_model().state_dict()[name])
+    assert (result.merged_dir / "tokenizer.json").exists() and (result.adapter_dir / "adapter_config.json").exists()
+
+
+# ------------------------------------------------------------------------------------------------------
+# Learning: after a warm start on completions of different quality, GRPO moves towards the good ones
+# ------------------------------------------------------------------------------------------------------
+
+
+def test_grpo_learns_which_strategy_block_pays(tmp_path):
+    torch.manual_seed(0)
+    agent = tiny_agent()
+    prompt = [{"role": "user", "content": "Write strategy(board) for 2048."}]  # short: keeps the CPU run small
+    supervised_warm_start(agent, [prompt], STRATEGY_2048_COMPLETIONS)
+    config = GRPORunConfig(env_id="GptOss2048-v0", env_kwargs=ENV_OPTIONS, steps=8, group_size=8,
+                           max_prompt_length=256, max_completion_length=32, max_seq_len=512, learning_rate=5e-3,
+                           gradient_checkpointing=False, num_dataset_rows=32, output_dir=str(tmp_path), seed=0)
+    result = run_training(config, agent=agent, prompt_fn=lambda seed: prompt, export_merged=False, progress=False)
+    rewards = [r["reward"] for r in result.records]
+    assert len(rewards) == 8
+    first, last = sum(rewards[:2]) / 2, sum(rewards[-3:]) / 3
+    assert last > first + 0.8, rewards  # the best completion scores about 2.2, the worst -1
+    formats = [r["components"]["format"] for r in result.records]
+    assert sum(formats[-3:]) / 3 > sum(formats[:2]) / 2, formats
+
+
+# ------------------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv,field",
+    [
+        (["--env", "GptOss2048-v9"], "env_id"),
+        (["--env", "Game2048-v0"], "env_id"),
+        (["--group-size", "1"], "group_size"),
+        (["--max-prompt-length", "4000", "--max-completion-length", "512", "--max-seq-len", "4096"],
+         "max_completion_length"),
+        (["--learning-rate", "0"], "learning_rate"),
+        (["--generation", "vllm"], "generation"),
+        (["--env-option", "size=99"], "size"),
+        (["--max-prompt-length", "64"], "max_prompt_length"),  # the 2048 prompt has about 530 tokens
+    ],
+)
+def test_cli_rejects_bad_options_naming_the_field(argv, field, capsys, tmp_path):
+    assert main([*argv, "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ossgym train: error: {field}:"), err
+
+
+def test_cli_parses_every_run_option():
+    import argparse
+
+    from ossgym.train import add_train_parser, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_train_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "--env", "GptOss2048-v0", "--env-option", "num_games=3", "--env-option",
+                              "target=512", "--lora-rank", "4", "--lora-targets", "q_proj,v_proj",
+                              "--lora-target-parameters", "mlp.experts.gate_up_proj", "--steps", "3",
+                              "--group-size", "4", "--learning-rate", "2e-5", "--no-gradient-checkpointing",
+                              "--reasoning-effort", "high", "--generation", "trl", "--output-dir", "/tmp/x"])
+    config = config_from_args(args)
+    assert config.env_kwargs == {"num_games": 3, "target": 512}
+    assert (config.lora_rank, config.lora_targets, config.lora_target_parameters) == (
+        4, ("q_proj", "v_proj"), ("mlp.experts.gate_up_proj",))
+    assert (config.steps, config.group_size, config.learning_rate) == (3, 4, 2e-5)
+    assert config.gradient_checkpointing is False and config.reasoning_effort == "high" and config.generation == "trl"
+    assert args.func.__name__ == "_train_command"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--steps", "many"])
+
+
+def test_train_parser_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import argparse, sys\nfrom ossgym.train import add_train_parser\n"
+            "add_train_parser(argparse.ArgumentParser().add_subparsers())\n"
+            "print(sorted(m for m in ('torch', 'trl', 'transformers') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
