@@ -34,3 +34,12 @@ def test_config_error_names_field_and_fix():
     err = ConfigError("num_games", "must be at least 1, got 0", "Pass num_games=8 or more.")
     assert isinstance(err, OssGymError) and isinstance(err, ValueError)
     assert "num_games" in str(err) and "Pass num_games" in str(err)
+
+
+def test_cli_offers_every_command(capsys):
+    from ossgym.cli import build_parser, main
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert {"demo", "play", "train"} <= set(commands)
+    assert main(["train", "--group-size", "1", "--no-progress"]) == 2
+    assert "group_size" in capsys.readouterr().err
