@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ossgym.errors import ConfigError
+from ossgym.errors import OssGymError
 
 if TYPE_CHECKING:
     from ossgym.agents.agent import GptOssAgent
@@ -315,9 +315,9 @@ def run_training(
     agent.config = dataclasses.replace(agent.config, reasoning_effort=config.reasoning_effort)
     base_model = agent.model.get_base_model() if hasattr(agent.model, "get_base_model") else agent.model
     config.check_model_fits(int(base_model.config.max_position_embeddings))
-    prompt_fn = prompt_fn or env.prompt
-    config.check_prompt_length(len(agent.encode_prompt(prompt_fn(config.seed))))
-    dataset = build_dataset(prompt_fn, config.num_dataset_rows, config.seed, config.reasoning_effort)
+    dataset = build_dataset(prompt_fn or env.prompt, config.num_dataset_rows, config.seed, config.reasoning_effort)
+    distinct = {json.dumps(p, sort_keys=True): p for p in dataset["prompt"]}.values()
+    config.check_prompt_length(max(len(agent.encode_prompt(p)) for p in distinct))
     generate = AgentGenerate(agent) if config.generation == "fast" else None
     cpu = not torch.cuda.is_available()
     overrides: dict[str, Any] = dict(
@@ -432,7 +432,7 @@ def _train_command(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         result = run_training(config, export_merged=args.merged_export, progress=args.progress)
-    except ConfigError as exc:
+    except OssGymError as exc:  # ConfigError names the field; ModelError says what is wrong with the model
         print(f"ossgym train: error: {exc}", file=sys.stderr)
         return 2
     print(result.report)
@@ -468,8 +468,8 @@ def run_demo(output_dir: str | Path = "runs/demo", steps: int = 8, seed: int = 0
 
     torch.manual_seed(seed)
     config = GRPORunConfig(
-        env_id="GptOss2048-v0", env_kwargs=dict(DEMO_ENV_OPTIONS), steps=steps, group_size=4, prompts_per_step=1,
-        max_prompt_length=1024, max_completion_length=32, max_seq_len=2048, learning_rate=5e-3, lora_rank=8,
+        env_id="GptOss2048-v0", env_kwargs=dict(DEMO_ENV_OPTIONS), steps=steps, group_size=8, prompts_per_step=1,
+        max_prompt_length=1024, max_completion_length=32, max_seq_len=2048, learning_rate=3e-3, lora_rank=8,
         lora_alpha=16, gradient_checkpointing=False, num_dataset_rows=64, output_dir=str(output_dir), seed=seed,
     )
     agent = load_agent(config)

@@ -18,6 +18,7 @@ A dry run on CPU with the embedded tiny model: PYTHONPATH=$PWD python scripts/be
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -102,12 +103,7 @@ def main() -> int:
         model = build_20b(device)
     build_s = time.perf_counter() - start
     agent = GptOssAgent(model, config=AgentConfig(max_seq_len=2048, max_batch_size=group))
-    try:
-        import importlib.util
-
-        engine_importable = importlib.util.find_spec("ossgym.agents.gptoss.engine") is not None
-    except ImportError:
-        engine_importable = False
+    engine_importable = importlib.util.find_spec("ossgym.agents.gptoss.engine") is not None
     results: dict = {
         "model": "tiny gpt-oss (CPU dry run)" if args.tiny else "gpt-oss-20b, random bf16 weights",
         "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
