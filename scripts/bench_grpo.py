@@ -29,48 +29,7 @@ from pathlib import Path
 
 import torch
 
-GPT_OSS_20B = dict(  # openai/gpt-oss-20b config.json
-    num_hidden_layers=24,
-    num_local_experts=32,
-    num_experts_per_tok=4,
-    vocab_size=201088,
-    hidden_size=2880,
-    intermediate_size=2880,
-    head_dim=64,
-    num_attention_heads=64,
-    num_key_value_heads=8,
-    sliding_window=128,
-    max_position_embeddings=131072,
-    rms_norm_eps=1e-5,
-    swiglu_limit=7.0,
-    attention_bias=True,
-    tie_word_embeddings=False,
-    layer_types=["sliding_attention", "full_attention"] * 12,
-    rope_parameters={
-        "rope_type": "yarn", "rope_theta": 150000.0, "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
-        "truncate": False, "original_max_position_embeddings": 4096,
-    },
-)
-
-
-def build_20b(device: str):
-    """gpt-oss-20b with random bf16 weights, allocated directly on ``device`` (no fp32 copy ever exists)."""
-    from transformers import GptOssConfig, GptOssForCausalLM
-
-    from ossgym.agents.gptoss.tokenizer import BOS_ID, ENDOFTEXT_ID, RETURN_ID
-
-    config = GptOssConfig(**GPT_OSS_20B, bos_token_id=BOS_ID, eos_token_id=[RETURN_ID, ENDOFTEXT_ID],
-                          pad_token_id=ENDOFTEXT_ID, attn_implementation="eager")
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(device):
-            model = GptOssForCausalLM(config)
-    finally:
-        torch.set_default_dtype(previous)
-    return model.to(torch.bfloat16).eval()
-
+from ossgym.agents.gptoss.presets import gpt_oss_20b_config, random_model
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -100,7 +59,7 @@ def main() -> int:
 
         model = tiny_model()
     else:
-        model = build_20b(device)
+        model = random_model(gpt_oss_20b_config(), device)
     build_s = time.perf_counter() - start
     agent = GptOssAgent(model, config=AgentConfig(max_seq_len=2048, max_batch_size=group))
     engine_importable = importlib.util.find_spec("ossgym.agents.gptoss.engine") is not None

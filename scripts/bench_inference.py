@@ -20,28 +20,8 @@ import traceback
 
 import torch
 
-GPT_OSS_20B = dict(  # openai/gpt-oss-20b config.json
-    num_hidden_layers=24,
-    num_local_experts=32,
-    num_experts_per_tok=4,
-    vocab_size=201088,
-    hidden_size=2880,
-    intermediate_size=2880,
-    head_dim=64,
-    num_attention_heads=64,
-    num_key_value_heads=8,
-    sliding_window=128,
-    max_position_embeddings=131072,
-    rms_norm_eps=1e-5,
-    swiglu_limit=7.0,
-    attention_bias=True,
-    tie_word_embeddings=False,
-    layer_types=["sliding_attention", "full_attention"] * 12,
-    rope_parameters={
-        "rope_type": "yarn", "rope_theta": 150000.0, "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
-        "truncate": False, "original_max_position_embeddings": 4096,
-    },
-)
+from ossgym.agents.gptoss.presets import gpt_oss_20b_config, random_model
+
 VOCAB_LIMIT = 200019  # tokenizer ids; the extra embedding rows are never sampled
 PROMPT = 128
 GiB = 2**30
@@ -109,9 +89,7 @@ def section(name: str, args):
 def build_config(**overrides):
     from transformers import GptOssConfig
 
-    values = {**GPT_OSS_20B, **(TINY if TINY_RUN else {}), **overrides}
-    config = GptOssConfig(**values)
-    config._attn_implementation = "eager"
+    config = gpt_oss_20b_config(**{**(TINY if TINY_RUN else {}), **overrides})
     defaults = GptOssConfig()
     rope_default = getattr(defaults, "rope_parameters", None) or {}
     checks = {k: (getattr(defaults, k, None), getattr(config, k)) for k in
@@ -123,17 +101,7 @@ def build_config(**overrides):
 
 
 def build_model(config):
-    from transformers import GptOssForCausalLM
-
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(DEVICE):
-            model = GptOssForCausalLM(config)
-    finally:
-        torch.set_default_dtype(previous)
-    return model.to(torch.bfloat16).eval()
+    return random_model(config, DEVICE)
 
 
 def random_prompts(batch: int, length: int, seed: int) -> list[list[int]]:
