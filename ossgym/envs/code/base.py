@@ -83,6 +83,14 @@ class CodeTask(ABC):
     #: every component this task reports, in a fixed order (format and policy first)
     component_names: tuple[str, ...]
     weights: FormatWeights
+    #: "module:function" of the trusted harness run in the sandbox worker
+    harness: str
+    #: namespace of the seeds derived from an evaluation seed (distinct per task)
+    seed_namespace: str
+    #: the options; every task's config has ``allowed_imports``, ``time_budget_s`` and ``memory_mb``
+    config: Any
+    #: CPU seconds one call of the untrusted function may take
+    call_time_limit_s: float
 
     @abstractmethod
     def instructions(self) -> str:
@@ -92,9 +100,22 @@ class CodeTask(ABC):
     def user_prompt(self) -> str:
         """The user turn of the task."""
 
-    @abstractmethod
     def sandbox_task(self, seed: int) -> SandboxTask:
-        """The sandbox task (harness, limits, the seed of the ``random`` module the code sees)."""
+        """The sandbox task: this task's harness and limits, and a ``random`` seed derived one-way from ``seed``."""
+        c = self.config
+        return SandboxTask(
+            entrypoint=self.entrypoint,
+            harness=self.harness,
+            allowed_imports=c.allowed_imports,
+            call_timeout_s=self.call_time_limit_s,
+            total_timeout_s=c.time_budget_s,
+            memory_mb=c.memory_mb,
+            seed=self.derived_seed("random", seed),
+        )
+
+    def derived_seed(self, kind: str, seed: int) -> int:
+        """The seed of one use (``kind``) of evaluation seed ``seed`` in this task."""
+        return derived_seed(self.seed_namespace, kind, seed)
 
     @abstractmethod
     def payload(self, seed: int) -> Any:

@@ -8,12 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ossgym.envs.code import harness_matmul
-from ossgym.envs.code.base import CodeEnv, CodeTask, FormatWeights, derived_seed
+from ossgym.envs.code.base import CodeEnv, CodeTask, FormatWeights
 from ossgym.errors import ConfigError
-from ossgym.sandbox import DEFAULT_IMPORTS, Outcome, SandboxPool, SandboxResult, SandboxTask
+from ossgym.sandbox import DEFAULT_IMPORTS, Outcome, SandboxPool, SandboxResult
 
-_HARNESS = "ossgym.envs.code.harness_matmul:harness"
-_SEED_NAMESPACE = "ossgym.GptOssMatmul"
 _CLOCK_SLACK_S = 1e-3  # clock granularity allowed when checking the harness's times against the caller's
 
 
@@ -109,9 +107,12 @@ class MatmulTask(CodeTask):
 
     entrypoint = "matmul"
     component_names = ("format", "policy", "correctness", "speed", "crash")
+    harness = "ossgym.envs.code.harness_matmul:harness"
+    seed_namespace = "ossgym.GptOssMatmul"
 
     def __init__(self, config: MatmulConfig):
         self.config = config
+        self.call_time_limit_s = config.call_time_limit_s
         self.weights = config.weights
 
     def instructions(self) -> str:
@@ -157,29 +158,17 @@ class MatmulTask(CodeTask):
 
     def cases(self, seed: int) -> list[tuple[list[list[float]], list[list[float]]]]:
         """The correctness cases of evaluation seed ``seed`` (built by the caller, one-way from the seed)."""
-        return harness_matmul.correctness_cases(derived_seed(_SEED_NAMESPACE, "cases", seed), self.config.case_max_dim)
+        return harness_matmul.correctness_cases(self.derived_seed("cases", seed), self.config.case_max_dim)
 
     def payload(self, seed: int) -> dict:
         c = self.config
         return harness_matmul.make_payload(
             self.cases(seed),
-            speed_seed=derived_seed(_SEED_NAMESPACE, "speed", seed),
+            speed_seed=self.derived_seed("speed", seed),
             trials=c.speed_trials,
             shape=c.speed_shape,
             num_positions=c.sample_positions,
             rtol=c.rtol,
-        )
-
-    def sandbox_task(self, seed: int) -> SandboxTask:
-        c = self.config
-        return SandboxTask(
-            entrypoint=self.entrypoint,
-            harness=_HARNESS,
-            allowed_imports=c.allowed_imports,
-            call_timeout_s=c.call_time_limit_s,
-            total_timeout_s=c.time_budget_s,
-            memory_mb=c.memory_mb,
-            seed=derived_seed(_SEED_NAMESPACE, "random", seed),
         )
 
     def judge(self, result: SandboxResult, payload: Any) -> tuple[dict[str, float], str, dict]:

@@ -9,14 +9,12 @@ from typing import Any
 import numpy as np
 
 from ossgym.envs.code import harness2048
-from ossgym.envs.code.base import CodeEnv, CodeTask, FormatWeights, derived_seed
+from ossgym.envs.code.base import CodeEnv, CodeTask, FormatWeights
 from ossgym.envs.game2048.engine import MAX_EXPONENT, MAX_SIZE, MIN_SIZE
 from ossgym.errors import ConfigError
-from ossgym.sandbox import DEFAULT_IMPORTS, Outcome, SandboxPool, SandboxResult, SandboxTask
+from ossgym.sandbox import DEFAULT_IMPORTS, Outcome, SandboxPool, SandboxResult
 
-_HARNESS = "ossgym.envs.code.harness2048:harness"
 _FAILED_ENDS = ("invalid_output", "timeout", "error")
-_SEED_NAMESPACE = "ossgym.GptOss2048"
 
 
 @dataclass(frozen=True)
@@ -62,9 +60,12 @@ class Strategy2048Task(CodeTask):
 
     entrypoint = "strategy"
     component_names = ("format", "policy", "tile", "score", "win", "failures", "crash")
+    harness = "ossgym.envs.code.harness2048:harness"
+    seed_namespace = "ossgym.GptOss2048"
 
     def __init__(self, config: Strategy2048Config):
         self.config = config
+        self.call_time_limit_s = config.move_time_limit_s
         self.weights = config.weights
 
     def instructions(self) -> str:
@@ -103,25 +104,13 @@ class Strategy2048Task(CodeTask):
 
     def payload(self, seed: int) -> dict:
         c = self.config
-        game_seeds = np.random.default_rng(derived_seed(_SEED_NAMESPACE, "games", seed)).integers(2**63, size=c.num_games)
+        game_seeds = np.random.default_rng(self.derived_seed("games", seed)).integers(2**63, size=c.num_games)
         return harness2048.make_payload(
             [int(s) for s in game_seeds],
             size=c.size,
             max_moves=c.max_moves,
             max_stalled_moves=c.max_stalled_moves,
             target=c.target,
-        )
-
-    def sandbox_task(self, seed: int) -> SandboxTask:
-        c = self.config
-        return SandboxTask(
-            entrypoint=self.entrypoint,
-            harness=_HARNESS,
-            allowed_imports=c.allowed_imports,
-            call_timeout_s=c.move_time_limit_s,
-            total_timeout_s=c.time_budget_s,
-            memory_mb=c.memory_mb,
-            seed=derived_seed(_SEED_NAMESPACE, "random", seed),
         )
 
     def judge(self, result: SandboxResult, payload: Any) -> tuple[dict[str, float], str, dict]:
