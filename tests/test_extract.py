@@ -202,3 +202,14 @@ def test_code_in_final_fence_is_always_found(before, after, analysis, style):
 def test_arbitrary_text_never_raises(text):
     ex = extract_code(text, "strategy")
     assert ex.feedback and (ex.source is None or "strategy" in ex.source)
+
+
+@pytest.mark.parametrize("expr", ["1" + "+1" * 5000, "-" * 20000 + "1", "a" + ".b" * 5000, "f" + "()" * 5000])
+def test_too_deeply_nested_code_is_a_syntax_error_not_a_crash(expr):
+    # ast.parse raises RecursionError/MemoryError (not SyntaxError) on such code; a degenerate completion
+    # that repeats "+1" a few thousand times must still get an Extraction, never an exception.
+    source = f"def strategy(board):\n    return {expr}\n"
+    ex = extract_code(fence(source), "strategy")
+    assert ex.ok and ex.source == source and ex.syntax_error is not None
+    unfenced = extract_code(source, "strategy")
+    assert not unfenced.ok and unfenced.status == "no_code"

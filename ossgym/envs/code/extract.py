@@ -90,9 +90,11 @@ def _defines(code: str, name: str) -> tuple[bool, str | None, list[str]]:
     """(defines name at top level, syntax error or None, top-level function names found)."""
     try:
         tree = ast.parse(code)
-    except (SyntaxError, ValueError) as exc:  # ValueError: null bytes
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:  # ValueError: null bytes
         line = getattr(exc, "lineno", None)
         msg = getattr(exc, "msg", None) or str(exc)
+        if isinstance(exc, (RecursionError, MemoryError)):  # what ast.parse raises for very deep nesting
+            msg = "the code is nested too deeply to parse"
         error = f"line {line}: {msg}" if line else msg
         found = re.findall(r"^def\s+(\w+)\s*\(", code, flags=re.MULTILINE)
         return name in found, error, found
