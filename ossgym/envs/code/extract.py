@@ -102,6 +102,15 @@ def _defines(code: str, name: str) -> tuple[bool, str | None, list[str]]:
     return name in found, None, found
 
 
+def _mentions_def(text: str, name: str) -> bool:
+    """Whether a line of ``text`` starts (after indentation) with ``def name(``.
+
+    The indentation class excludes newlines: with ``\\s*`` a long run of blank lines was rescanned from
+    every line start (quadratic: a whitespace-only completion of a few 100k characters took minutes).
+    """
+    return re.search(r"^[^\S\n]*def\s+" + re.escape(name) + r"\s*\(", text, re.MULTILINE) is not None
+
+
 def extract_code(completion: str, entrypoint: str, signature: str | None = None) -> Extraction:
     """Find the source that defines ``entrypoint`` in a completion's answer (see the module rules).
 
@@ -113,7 +122,7 @@ def extract_code(completion: str, entrypoint: str, signature: str | None = None)
     answer = parsed.answer
     fmt = parsed.format
     if answer is None:
-        in_analysis = re.search(r"^\s*def\s+" + re.escape(entrypoint) + r"\s*\(", parsed.analysis, re.MULTILINE)
+        in_analysis = _mentions_def(parsed.analysis, entrypoint)
         why = "The completion has reasoning but no final answer"
         if parsed.truncated:
             why += " (it was cut off before the final channel; reason more briefly)"
@@ -168,8 +177,8 @@ def extract_code(completion: str, entrypoint: str, signature: str | None = None)
     hint = ""
     if other_tags:
         hint = f" Code blocks tagged {', '.join(repr(t) for t in other_tags)} are not Python blocks."
-    elif re.search(r"^\s*def\s+" + re.escape(entrypoint) + r"\s*\(", answer, re.MULTILINE):
+    elif _mentions_def(answer, entrypoint):
         hint = f" `def {entrypoint}` appears outside a code block, mixed with prose."
-    elif re.search(r"^\s*def\s+" + re.escape(entrypoint) + r"\s*\(", parsed.analysis, re.MULTILINE):
+    elif _mentions_def(parsed.analysis, entrypoint):
         hint = f" `def {entrypoint}` appears only in the reasoning, which is ignored."
     return Extraction(None, "no_code", f"No Python code block found in the final answer.{hint} {how}", 0, None, fmt)
