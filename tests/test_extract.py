@@ -202,3 +202,25 @@ def test_code_in_final_fence_is_always_found(before, after, analysis, style):
 def test_arbitrary_text_never_raises(text):
     ex = extract_code(text, "strategy")
     assert ex.feedback and (ex.source is None or "strategy" in ex.source)
+
+
+@pytest.mark.parametrize("expr", ["1" + "+1" * 5000, "-" * 20000 + "1", "a" + ".b" * 5000, "f" + "()" * 5000])
+def test_too_deeply_nested_code_is_a_syntax_error_not_a_crash(expr):
+    # ast.parse raises RecursionError/MemoryError (not SyntaxError) on such code; a degenerate completion
+    # that repeats "+1" a few thousand times must still get an Extraction, never an exception.
+    source = f"def strategy(board):\n    return {expr}\n"
+    ex = extract_code(fence(source), "strategy")
+    assert ex.ok and ex.source == source and ex.syntax_error is not None
+    unfenced = extract_code(source, "strategy")
+    assert not unfenced.ok and unfenced.status == "no_code"
+
+
+@pytest.mark.timeout(60)
+def test_long_runs_of_blank_lines_are_linear():
+    # The "def appears elsewhere" hints once scanned every run of blank lines from each of its line starts:
+    # a completion of 400k newlines took minutes in the caller's process (not the sandbox).
+    blank = "\n" * 400_000
+    ex = extract_code(blank + "Some prose." + blank + "def strategy(board): pass", "strategy")
+    assert ex.status == "no_code" and "outside a code block" in ex.feedback
+    ex = extract_code(raw(blank + "  def strategy(board):" + blank, None), "strategy")
+    assert ex.status == "no_final" and "only in the reasoning" in ex.feedback

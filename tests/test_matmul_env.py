@@ -27,7 +27,7 @@ from ossgym.envs.code.references import (
     as_completion,
 )
 from ossgym.errors import ConfigError
-from ossgym.sandbox import Outcome, SandboxPool
+from ossgym.sandbox import Outcome, SandboxPool, SandboxResult
 
 FIDELITY_SEEDS = 12  # per correct reference; deterministic outcomes use fewer
 NON_SPEED = ("format", "policy", "correctness", "crash")
@@ -285,6 +285,17 @@ def test_timing_inconsistent_with_the_callers_clock_is_refused(task, pool):
         assert components["correctness"] == 1.0 and "timing was refused" in feedback
         assert components["speed"] == c.speed_weight * c.speed_min_log2
 
+
+
+@pytest.mark.parametrize("status", [["ok"], {"x": 1}, None, 3])
+def test_malformed_case_status_from_a_hostile_worker_is_incorrect_not_a_crash(task, status):
+    # The worker's value is plain data but its shape is untrusted: an unhashable status once raised
+    # TypeError (a dict lookup) out of judge, i.e. out of score().
+    payload = task.payload(5)
+    value = {"cases": [{"status": status, "detail": "d"}] * len(payload["cases"]), "speed": None, "timed_s": 0.1}
+    components, feedback, details = task.judge(SandboxResult(Outcome.OK, value, "", wall_time_s=1.0), payload)
+    assert components["correctness"] == -task.config.correct_weight and details["correct"] is False
+    assert feedback.startswith("Not correct: case 0")
 
 # --- batch scoring -------------------------------------------------------------------------------------------
 

@@ -415,3 +415,18 @@ def test_pool_is_shared_not_copied(pool):
     import copy
 
     assert copy.deepcopy({"pool": pool})["pool"] is pool
+
+
+@pytest.mark.parametrize("reach", ["Exception.mro()[1]", "getattr(Exception, 'mro')()[1]", "type(x).mro()[-2]"])
+def test_the_timer_cannot_be_caught_through_mro(reach):
+    # Exception.mro() hands out BaseException (the name itself is forbidden) and with it 'except' clauses
+    # that swallow the worker's timer interrupt: an endless loop then ran until the wall-clock kill.
+    src = f"def f(x):\n    B = {reach}\n    try:\n        return 1\n    except B:\n        return 2\n"
+    assert any("mro" in v.message for v in check_policy(src, task()))
+
+
+def test_mro_is_not_reachable_at_run_time():
+    from ossgym.sandbox.restricted import guarded_getattr
+
+    with pytest.raises(AttributeError):
+        guarded_getattr(ValueError, "mro")

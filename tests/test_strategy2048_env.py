@@ -85,6 +85,20 @@ def test_prompt_states_the_contract(pool):
         assert needle in obs, needle
 
 
+
+@pytest.mark.parametrize("max_stalled", [0, 20])
+def test_prompt_states_how_many_stalled_moves_end_a_game(max_stalled):
+    # The number the prompt gives must be the one the harness plays by (it ends a game on the move that
+    # makes the run longer than max_stalled_moves).
+    task = Strategy2048Task(Strategy2048Config(num_games=1, max_stalled_moves=max_stalled))
+    out = harness2048.harness(lambda board: "W", task.payload(3), FakeCtx(lambda board: "W"))
+    (game,) = out["games"]
+    assert game["end"] == "stalled"
+    stalled = next(n for n in range(len(game["moves"]), 0, -1)
+                   if np.array_equal(replay(game["seed"], game["moves"][:-n]).board, replay(game["seed"], game["moves"]).board))
+    said = f"{stalled} such moves in a row end the game." if stalled > 1 else "such a move ends the game."
+    assert said in task.instructions()
+
 # --- determinism and GRPO groups -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["invalid_output", "constant_w", "random", "greedy_merge", "corner"])

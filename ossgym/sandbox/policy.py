@@ -15,6 +15,9 @@ FRAME_ATTRIBUTES = frozenset({
     "f_trace", "co_code", "gi_frame", "gi_code", "gi_yieldfrom", "cr_await", "cr_frame", "cr_code",
     "cr_origin", "ag_await", "ag_frame", "ag_code",
 })
+# Attributes that hand out a class's bases: Exception.mro() reaches BaseException (the name is forbidden),
+# and an 'except' clause on it would swallow the worker's timer interrupt.
+HIERARCHY_ATTRIBUTES = frozenset({"mro"})
 
 FORBIDDEN_NAMES = {
     "eval": "eval() is not allowed",
@@ -57,6 +60,8 @@ def _attr_problem(attr: str) -> str | None:
         return f"'.{attr}': attributes starting with '_' (including dunders) are not allowed"
     if attr in FRAME_ATTRIBUTES:
         return f"'.{attr}': frame, code and generator internals are not allowed"
+    if attr in HIERARCHY_ATTRIBUTES:
+        return f"'.{attr}': class hierarchies are not available (catch Exception or a specific error)"
     return None
 
 

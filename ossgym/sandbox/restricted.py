@@ -30,7 +30,7 @@ from types import CodeType, FunctionType, ModuleType
 from RestrictedPython import compile_restricted_exec
 from RestrictedPython.transformer import RestrictingNodeTransformer, copy_locations
 
-from ossgym.sandbox.policy import FRAME_ATTRIBUTES
+from ossgym.sandbox.policy import FRAME_ATTRIBUTES, HIERARCHY_ATTRIBUTES
 from ossgym.sandbox.result import Violation
 from ossgym.sandbox.task import VETTED_IMPORTS
 
@@ -128,7 +128,7 @@ def guarded_getattr(ob: object, name: str, *default: object) -> object:
     """getattr for untrusted code: no '_' names, no frame attributes, field-free str.format."""
     if type(name) is not str:
         raise TypeError("attribute name must be a str")
-    if name[:1] == "_" or name in FRAME_ATTRIBUTES:
+    if name[:1] == "_" or name in FRAME_ATTRIBUTES or name in HIERARCHY_ATTRIBUTES:
         raise AttributeError(f"attribute '{name}' is not accessible")
     if name in _FORMAT_NAMES:
         if isinstance(ob, str):

@@ -10,21 +10,6 @@ def call_once(fn, payload: object, ctx: HarnessContext) -> object:  # noqa: ANN0
     return ctx.call(payload)
 
 
-def call_args(fn, payload: list, ctx: HarnessContext) -> object:  # noqa: ANN001
-    """Call ``fn(*payload)`` once and return its value."""
-    return ctx.call(*payload)
-
-
-def call_n(fn, payload: dict, ctx: HarnessContext) -> list:  # noqa: ANN001
-    """Call ``fn(payload["arg"])`` ``payload["n"]`` times, checkpointing the values so far after each."""
-    out = []
-    for _ in range(payload["n"]):
-        out.append(ctx.call(payload["arg"]))
-        if payload.get("checkpoint", True):
-            ctx.checkpoint(out)
-    return out
-
-
 def call_reporting(fn, payload: object, ctx: HarnessContext) -> dict:  # noqa: ANN001
     """Call ``fn(payload)`` once and report a timeout or error as data instead of letting it escape."""
     try:
@@ -33,11 +18,6 @@ def call_reporting(fn, payload: object, ctx: HarnessContext) -> dict:  # noqa: A
         return {"error": "timeout"}
     except UserError as e:
         return {"error": e.type_name, "message": e.message}
-
-
-def echo(fn, payload: object, ctx: HarnessContext) -> object:  # noqa: ANN001
-    """Return ``payload`` without calling ``fn`` (the plain-data round trip)."""
-    return payload
 
 
 def call_each(fn, payload: list, ctx: HarnessContext) -> list:  # noqa: ANN001

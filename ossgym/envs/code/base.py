@@ -134,8 +134,11 @@ class CodeTask(ABC):
         return {name: 0.0 for name in self.component_names}
 
 
-def messages(task: CodeTask, reasoning_effort: str = "low", feedback: Sequence[str] = ()) -> list[dict]:
-    """The task as chat messages (system + user; earlier attempts' feedback appended to the user turn)."""
+def messages(task: CodeTask, feedback: Sequence[str] = ()) -> list[dict]:
+    """The task as chat messages (system + user; earlier attempts' feedback appended to the user turn).
+
+    The reasoning effort is not part of them: the chat template renders it (``info["reasoning_effort"]``).
+    """
     user = task.user_prompt()
     for turn, text in enumerate(feedback, start=1):
         user += f"\n\nFeedback on your attempt {turn}:\n{text}\n\nWrite an improved answer."
@@ -273,7 +276,7 @@ class CodeEnv(gym.Env[str, str]):
         return score_batch(self.task, completions, seeds, self._pool)
 
     def _observation(self) -> tuple[str, dict]:
-        msgs = messages(self.task, self.reasoning_effort, self._feedback)
+        msgs = messages(self.task, self._feedback)
         text = "\n\n".join(m["content"] for m in msgs)
         info = {"messages": msgs, "reasoning_effort": self.reasoning_effort, "eval_seed": self._eval_seed,
                 "turn": self._turn}

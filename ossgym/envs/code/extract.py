@@ -90,14 +90,25 @@ def _defines(code: str, name: str) -> tuple[bool, str | None, list[str]]:
     """(defines name at top level, syntax error or None, top-level function names found)."""
     try:
         tree = ast.parse(code)
-    except (SyntaxError, ValueError) as exc:  # ValueError: null bytes
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:  # ValueError: null bytes
         line = getattr(exc, "lineno", None)
         msg = getattr(exc, "msg", None) or str(exc)
+        if isinstance(exc, (RecursionError, MemoryError)):  # what ast.parse raises for very deep nesting
+            msg = "the code is nested too deeply to parse"
         error = f"line {line}: {msg}" if line else msg
         found = re.findall(r"^def\s+(\w+)\s*\(", code, flags=re.MULTILINE)
         return name in found, error, found
     found = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
     return name in found, None, found
+
+
+def _mentions_def(text: str, name: str) -> bool:
+    """Whether a line of ``text`` starts (after indentation) with ``def name(``.
+
+    The indentation class excludes newlines: with ``\\s*`` a long run of blank lines was rescanned from
+    every line start (quadratic: a whitespace-only completion of a few 100k characters took minutes).
+    """
+    return re.search(r"^[^\S\n]*def\s+" + re.escape(name) + r"\s*\(", text, re.MULTILINE) is not None
 
 
 def extract_code(completion: str, entrypoint: str, signature: str | None = None) -> Extraction:
@@ -111,7 +122,7 @@ def extract_code(completion: str, entrypoint: str, signature: str | None = None)
     answer = parsed.answer
     fmt = parsed.format
     if answer is None:
-        in_analysis = re.search(r"^\s*def\s+" + re.escape(entrypoint) + r"\s*\(", parsed.analysis, re.MULTILINE)
+        in_analysis = _mentions_def(parsed.analysis, entrypoint)
         why = "The completion has reasoning but no final answer"
         if parsed.truncated:
             why += " (it was cut off before the final channel; reason more briefly)"
@@ -166,8 +177,8 @@ def extract_code(completion: str, entrypoint: str, signature: str | None = None)
     hint = ""
     if other_tags:
         hint = f" Code blocks tagged {', '.join(repr(t) for t in other_tags)} are not Python blocks."
-    elif re.search(r"^\s*def\s+" + re.escape(entrypoint) + r"\s*\(", answer, re.MULTILINE):
+    elif _mentions_def(answer, entrypoint):
         hint = f" `def {entrypoint}` appears outside a code block, mixed with prose."
-    elif re.search(r"^\s*def\s+" + re.escape(entrypoint) + r"\s*\(", parsed.analysis, re.MULTILINE):
+    elif _mentions_def(parsed.analysis, entrypoint):
         hint = f" `def {entrypoint}` appears only in the reasoning, which is ignored."
     return Extraction(None, "no_code", f"No Python code block found in the final answer.{hint} {how}", 0, None, fmt)

@@ -207,7 +207,8 @@ def verify_result(result: Any, cases: list[tuple[list[list[float]], list[list[fl
         if type(record) is not dict or record.get("status") != "ok":
             status = record.get("status") if type(record) is dict else "missing"
             detail = record.get("detail", "") if type(record) is dict else ""
-            return False, False, f"{name}: {_STATUS_WORDS.get(status, status)} {detail}".strip() + _traceback_of(record)
+            word = _STATUS_WORDS.get(status, status) if type(status) is str else "malformed record,"  # may be a list
+            return False, False, f"{name}: {word} {detail}".strip() + _traceback_of(record)
         why = check_matrix(record.get("value"), rows, cols)
         if why is not None:
             return False, False, f"{name}: {why}"

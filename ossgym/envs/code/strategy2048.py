@@ -71,6 +71,9 @@ class Strategy2048Task(CodeTask):
     def instructions(self) -> str:
         c = self.config
         imports = ", ".join(sorted(c.allowed_imports))
+        # The harness ends a game on the move that makes a run of no-change moves longer than max_stalled_moves.
+        stalled_end = c.max_stalled_moves + 1
+        stalled_rule = f"{stalled_end} such moves in a row end the game." if stalled_end > 1 else "such a move ends the game."
         return (
             f"You write Python code that plays the game 2048 on a {c.size}x{c.size} board.\n\n"
             "Write exactly one top-level function:\n\n"
@@ -78,8 +81,7 @@ class Strategy2048Task(CodeTask):
             f"- `board` is a tuple of {c.size} rows, each a tuple of {c.size} ints: the tile values (2, 4, 8, ...),"
             " 0 for an empty cell. Row 0 is the top row.\n"
             '- Return exactly one of the strings "W" (up), "A" (left), "S" (down) or "D" (right). Anything'
-            " else ends the game as a loss. A move that changes nothing wastes a turn; after"
-            f" {c.max_stalled_moves} such moves in a row the game ends.\n"
+            f" else ends the game as a loss. A move that changes nothing wastes a turn; {stalled_rule}\n"
             "- Rules of 2048: tiles slide as far as possible in the chosen direction; two equal tiles that meet"
             " merge into one of their sum (a tile merges at most once per move) and the merged value is added"
             " to the score; after every move that changed the board a new tile (2 with probability 0.9, else"
