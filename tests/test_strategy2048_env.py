@@ -451,6 +451,7 @@ def test_any_text_gets_a_result_whose_components_sum(pool, text):
         ({"reasoning_effort": "max"}, "reasoning_effort"),
         ({"render_mode": "human"}, "render_mode"),
         ({"allowed_imports": frozenset({"os"})}, "allowed_imports"),
+        ({"num_games": 256, "max_moves": 4000}, "num_games"),  # the move records would not fit the result cap
     ],
 )
 def test_bad_options_raise_config_error_naming_the_field(pool, kwargs, field):

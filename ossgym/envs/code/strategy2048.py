@@ -15,6 +15,9 @@ from ossgym.errors import ConfigError
 from ossgym.sandbox import DEFAULT_IMPORTS, Outcome, SandboxPool, SandboxResult
 
 _FAILED_ENDS = ("invalid_output", "timeout", "error")
+# Every move comes back as one letter in the sandbox result (capped at SandboxTask.max_output_bytes, 1 MiB);
+# half of it leaves room for the rest of the game records.
+_MAX_RECORDED_MOVES = 500_000
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,10 @@ class Strategy2048Config:
                 raise ConfigError(name, f"must be seconds in (0, 3600], got {v!r}", "Pass e.g. 0.05 or 5.0.")
         if self.time_budget_s <= 0.2:
             raise ConfigError("time_budget_s", "must leave time to play (> 0.2 s)", "Pass e.g. time_budget_s=5.0.")
+        if self.num_games * self.max_moves > _MAX_RECORDED_MOVES:
+            raise ConfigError("num_games", f"{self.num_games} games of up to {self.max_moves} moves do not fit the "
+                              f"sandbox's result size ({_MAX_RECORDED_MOVES} moves in all)",
+                              "Lower num_games or max_moves.")
 
 
 class Strategy2048Task(CodeTask):
