@@ -478,6 +478,18 @@ ATTENTION_IMPLEMENTATIONS = ("eager",)
 GENERATION_BACKENDS = ("fast", "trl")
 
 
+def check_env_id(env_id: str) -> None:
+    """Raise ConfigError (with the closest registered ids) when ``env_id`` is not a registered environment."""
+    import gymnasium
+
+    import ossgym  # noqa: F401  (registers the environments)
+
+    if env_id not in gymnasium.registry:
+        close = difflib.get_close_matches(env_id, list(gymnasium.registry), n=3)
+        hint = f"Did you mean {', '.join(close)}?" if close else "See gymnasium.registry for the ids."
+        raise ConfigError("env_id", f"{env_id!r} is not a registered environment", hint)
+
+
 @dataclass
 class GRPORunConfig:
     """Options of one GRPO run; invalid values raise :class:`ossgym.errors.ConfigError` on construction.
@@ -522,14 +534,7 @@ class GRPORunConfig:
 
     def validate(self) -> None:
         """Raise ConfigError for the first option that cannot work."""
-        import gymnasium
-
-        import ossgym  # noqa: F401  (registers the environments)
-
-        if self.env_id not in gymnasium.registry:
-            close = difflib.get_close_matches(self.env_id, list(gymnasium.registry), n=3)
-            hint = f"Did you mean {', '.join(close)}?" if close else "See gymnasium.registry for the ids."
-            raise ConfigError("env_id", f"{self.env_id!r} is not a registered environment", hint)
+        check_env_id(self.env_id)
         _positive_int(self, "steps", "Pass steps=1 or more.")
         if not isinstance(self.group_size, int) or self.group_size < 2:
             raise ConfigError(
