@@ -315,6 +315,7 @@ def run_training(
     agent.config = dataclasses.replace(agent.config, reasoning_effort=config.reasoning_effort)
     base_model = agent.model.get_base_model() if hasattr(agent.model, "get_base_model") else agent.model
     config.check_model_fits(int(base_model.config.max_position_embeddings))
+    config.check_lora_targets(base_model)
     dataset = build_dataset(prompt_fn or env.prompt, config.num_dataset_rows, config.seed, config.reasoning_effort)
     distinct = {json.dumps(p, sort_keys=True): p for p in dataset["prompt"]}.values()
     config.check_prompt_length(max(len(agent.encode_prompt(p)) for p in distinct))

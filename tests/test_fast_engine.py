@@ -205,6 +205,37 @@ def test_lora_adapters_change_the_engine_as_they_change_hf():
         assert (steps[row] - ref).abs().max().item() <= TOL
 
 
+def test_lora_on_the_experts_target_parameters_is_seen_by_the_engine():
+    """peft's target_parameters wraps mlp.experts in ParamWrappers (nested, one per parameter): the engine must
+    apply their deltas (GRPO's optional expert LoRA), as the peft forward does, prefill and decode."""
+    peft = pytest.importorskip("peft")
+    model = tiny_model(window=16, seed=3)
+    batch = prompts([12, 30], seed=13)
+    engine_base = FastGptOss(model, max_batch_size=2, max_seq_len=40).logits(batch)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"],
+                             target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])
+    wrapped = peft.get_peft_model(model, config).eval()
+    with torch.no_grad():
+        for name, param in wrapped.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)
+    engine = FastGptOss(wrapped, max_batch_size=2, max_seq_len=40)
+    logits = engine.logits(batch)
+    assert (logits - engine_base).abs().max().item() > 1e-2  # the adapter matters
+    for row, ids in enumerate(batch):
+        with torch.no_grad():
+            ref = wrapped(input_ids=torch.tensor([ids])).logits[0].float()
+        assert (logits[row, logits.shape[1] - len(ids):] - ref).abs().max().item() <= TOL
+    cont = prompts([6, 6], seed=14)
+    steps = engine.decode_logits(batch, cont)
+    for row, (ids, extra) in enumerate(zip(batch, cont)):
+        with torch.no_grad():
+            ref = wrapped(input_ids=torch.tensor([ids + extra])).logits[0, len(ids) - 1:].float()
+        assert (steps[row] - ref).abs().max().item() <= TOL
+    with wrapped.disable_adapter():  # adapters disabled (TRL's reference model): the engine sees the base again
+        assert (engine.logits(batch) - engine_base).abs().max().item() <= TOL
+
+
 @pytest.mark.parametrize("window", [None, 8])
 def test_flex_prefill_with_sink_correction_equals_exact_attention(window):
     torch.manual_seed(0)

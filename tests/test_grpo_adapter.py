@@ -382,6 +382,7 @@ def test_rollout_func_rejects_bad_generations():
         ({"attn_implementation": "kernels-community/vllm-flash-attn3"}, "attn_implementation"),
         ({"top_p": 0.0}, "top_p"),
         ({"beta": -0.1}, "beta"),
+        ({"lora_dropout": 0.1, "lora_target_parameters": ("mlp.experts.gate_up_proj",)}, "lora_dropout"),
     ],
 )
 def test_run_config_rejects_bad_options(options, field):

@@ -209,6 +209,9 @@ def test_grpo_learns_which_strategy_block_pays(tmp_path):
         (["--generation", "vllm"], "generation"),
         (["--env-option", "size=99"], "size"),
         (["--max-prompt-length", "64"], "max_prompt_length"),  # the 2048 prompt has about 530 tokens
+        (["--lora-targets", "q_proj,qproj"], "lora_targets"),  # a misspelt target among good ones
+        (["--lora-target-parameters", "mlp.experts.gate_up"], "lora_target_parameters"),
+        (["--lora-target-parameters", "mlp.experts.gate_up_proj", "--lora-dropout", "0.1"], "lora_dropout"),
     ],
 )
 def test_cli_rejects_bad_options_naming_the_field(argv, field, capsys, tmp_path):

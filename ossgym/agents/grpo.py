@@ -478,6 +478,18 @@ ATTENTION_IMPLEMENTATIONS = ("eager",)
 GENERATION_BACKENDS = ("fast", "trl")
 
 
+def check_env_id(env_id: str) -> None:
+    """Raise ConfigError (with the closest registered ids) when ``env_id`` is not a registered environment."""
+    import gymnasium
+
+    import ossgym  # noqa: F401  (registers the environments)
+
+    if env_id not in gymnasium.registry:
+        close = difflib.get_close_matches(env_id, list(gymnasium.registry), n=3)
+        hint = f"Did you mean {', '.join(close)}?" if close else "See gymnasium.registry for the ids."
+        raise ConfigError("env_id", f"{env_id!r} is not a registered environment", hint)
+
+
 @dataclass
 class GRPORunConfig:
     """Options of one GRPO run; invalid values raise :class:`ossgym.errors.ConfigError` on construction.
@@ -522,14 +534,7 @@ class GRPORunConfig:
 
     def validate(self) -> None:
         """Raise ConfigError for the first option that cannot work."""
-        import gymnasium
-
-        import ossgym  # noqa: F401  (registers the environments)
-
-        if self.env_id not in gymnasium.registry:
-            close = difflib.get_close_matches(self.env_id, list(gymnasium.registry), n=3)
-            hint = f"Did you mean {', '.join(close)}?" if close else "See gymnasium.registry for the ids."
-            raise ConfigError("env_id", f"{self.env_id!r} is not a registered environment", hint)
+        check_env_id(self.env_id)
         _positive_int(self, "steps", "Pass steps=1 or more.")
         if not isinstance(self.group_size, int) or self.group_size < 2:
             raise ConfigError(
@@ -542,6 +547,13 @@ class GRPORunConfig:
         _positive_number(self, "lora_alpha", "Pass lora_alpha=2*lora_rank, for example.")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError("lora_dropout", f"must be in [0, 1), got {self.lora_dropout}", "Pass lora_dropout=0.0.")
+        if self.lora_dropout and self.lora_target_parameters:
+            raise ConfigError(
+                "lora_dropout",
+                f"is {self.lora_dropout} with lora_target_parameters, which peft refuses (a LoRA on a parameter"
+                " cannot drop out its input)",
+                "Pass lora_dropout=0.0 or leave lora_target_parameters empty.",
+            )
         if not self.lora_targets and not self.lora_target_parameters:
             raise ConfigError(
                 "lora_targets", "is empty and so is lora_target_parameters", 'Target the attention: ("q_proj", ...).'
@@ -612,6 +624,26 @@ class GRPORunConfig:
                 f"{self.max_seq_len} exceeds the model's context length {model_max_positions}",
                 f"Pass max_seq_len={model_max_positions} or less.",
             )
+
+    def check_lora_targets(self, model: "torch.nn.Module") -> None:
+        """Raise ConfigError for a LoRA target that names no module (or parameter) of ``model``.
+
+        Matched as peft matches them (the full name, or a suffix after a dot); peft itself fails only when
+        no target matches at all, so a misspelt one among several would silently train less.
+        """
+        modules = [name for name, _ in model.named_modules()]
+        params = [name for name, _ in model.named_parameters()]
+        for field_name, names, targets in (
+            ("lora_targets", modules, self.lora_targets),
+            ("lora_target_parameters", params, self.lora_target_parameters),
+        ):
+            for target in targets:
+                if not any(name == target or name.endswith("." + target) for name in names):
+                    kind = "module" if field_name == "lora_targets" else "parameter"
+                    close = difflib.get_close_matches(target, names, n=3, cutoff=0.3)
+                    raise ConfigError(
+                        field_name, f"{target!r} names no {kind} of the model", f"Use names it has, e.g. {close}."
+                    )
 
     def lora_config(self):
         """The ``peft.LoraConfig`` of this run (attention projections; experts via target_parameters)."""

@@ -11,7 +11,6 @@ reference path.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -32,13 +31,10 @@ def make_code_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None, reas
     import gymnasium
     from gymnasium.envs.registration import load_env_creator
 
-    import ossgym  # noqa: F401  (registers the environments)
+    from ossgym.agents.grpo import check_env_id
     from ossgym.envs.code.base import CodeEnv
 
-    if env_id not in gymnasium.registry:
-        close = difflib.get_close_matches(env_id, list(gymnasium.registry), n=3)
-        hint = f"Did you mean {', '.join(close)}?" if close else "See gymnasium.registry for the ids."
-        raise ConfigError("env_id", f"{env_id!r} is not a registered environment", hint)
+    check_env_id(env_id)
     entry = gymnasium.registry[env_id].entry_point
     creator = load_env_creator(entry) if isinstance(entry, str) else entry
     if not (isinstance(creator, type) and issubclass(creator, CodeEnv)):

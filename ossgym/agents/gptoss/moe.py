@@ -101,17 +101,43 @@ def moe_tensors(
     return experts(x, weights, index, gate_up, gate_up_bias, down, down_bias, alpha, limit)
 
 
+def expert_tensors(experts: nn.Module) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """(the GptOssExperts module, {parameter name: its LoRA delta}) through peft's ``target_parameters`` wrappers.
+
+    peft wraps ``mlp.experts`` in one ParamWrapper per targeted parameter (nested); reading the parameter from
+    the experts module gives the base weight only, so the active adapters' deltas are added here, as the
+    peft forward does (none when adapters are disabled or merged).
+    """
+    deltas: dict[str, torch.Tensor] = {}
+    while hasattr(experts, "parameter_name") and hasattr(experts, "base_layer"):  # a peft ParamWrapper
+        if not experts.disable_adapters and not experts.merged:
+            for adapter in experts.active_adapters:
+                if adapter in experts.lora_A:
+                    delta = experts.get_delta_weight(adapter)
+                    name = experts.parameter_name
+                    deltas[name] = deltas[name] + delta if name in deltas else delta
+        experts = experts.base_layer
+    return experts, deltas
+
+
 def moe_args(mlp: nn.Module) -> tuple:
-    """The arguments of `moe_tensors` after x, read from an HF GptOssMLP now (no copy, so updates are seen)."""
-    router, experts = mlp.router, mlp.experts
+    """The arguments of `moe_tensors` after x, read from an HF GptOssMLP now (no copy, so updates are seen);
+    expert LoRA adapters (peft ``target_parameters``) are applied."""
+    router = mlp.router
+    experts, deltas = expert_tensors(mlp.experts)
+
+    def weight(name: str) -> torch.Tensor:
+        param = getattr(experts, name)
+        return param + deltas[name] if name in deltas else param
+
     return (
         router.weight,
         router.bias,
         int(router.top_k),
-        experts.gate_up_proj,
-        experts.gate_up_proj_bias,
-        experts.down_proj,
-        experts.down_proj_bias,
+        weight("gate_up_proj"),
+        weight("gate_up_proj_bias"),
+        weight("down_proj"),
+        weight("down_proj_bias"),
         float(getattr(experts, "alpha", 1.702)),
         float(getattr(experts, "limit", 7.0)),
     )
