@@ -28,7 +28,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["HarmonyMessage", "ParsedCompletion", "parse_harmony", "CHANNELS", "SPECIAL_TOKENS"]
+#: the reasoning efforts gpt-oss's system message accepts (the Harmony chat template's ``reasoning_effort``)
+REASONING_EFFORTS = ("low", "medium", "high")
+
+__all__ = ["HarmonyMessage", "ParsedCompletion", "parse_harmony", "CHANNELS", "SPECIAL_TOKENS", "REASONING_EFFORTS"]
 
 CHANNELS = ("analysis", "commentary", "final")
 # Special tokens that structure a conversation (names as in the o200k_harmony encoding).

@@ -23,7 +23,7 @@ import torch
 from ossgym.agents.gptoss.sampling import sample
 from ossgym.agents.gptoss.tokenizer import STOP_TOKEN_IDS, load_tokenizer
 from ossgym.errors import ConfigError, ModelError
-from ossgym.harmony import parse_harmony
+from ossgym.harmony import REASONING_EFFORTS, parse_harmony
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Prompt = str | Sequence[Mapping[str, Any]]  # a user message, or a whole conversation (role/content dicts)
-REASONING_EFFORTS = ("low", "medium", "high")
 
 
 @dataclass

@@ -107,6 +107,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ossgym.errors import ConfigError
+from ossgym.harmony import REASONING_EFFORTS
 
 if TYPE_CHECKING:  # torch is imported where it is used, so the ``ossgym train`` parser stays light
     import torch
@@ -116,7 +117,6 @@ logger = logging.getLogger(__name__)
 Messages = list[dict[str, str]]
 Scorer = Callable[[list[str], list[int]], list[dict[str, float]]]
 RolloutFunc = Callable[[list, Any], dict[str, Any]]
-REASONING_EFFORTS = ("low", "medium", "high")
 RAW_COMPLETION_FIELD = "raw_completion"  # per-completion text with special tokens, added by the rollout
 
 

@@ -26,11 +26,11 @@ import numpy as np
 from ossgym.envs.code.extract import Extraction, extract_code
 from ossgym.envs.code.spaces import CompletionSpace
 from ossgym.errors import ConfigError
+from ossgym.harmony import REASONING_EFFORTS
 from ossgym.sandbox import Outcome, SandboxPool, SandboxResult, SandboxTask, default_pool
 
 logger = logging.getLogger(__name__)
 
-REASONING_EFFORTS = ("low", "medium", "high")
 _MAX_SEED = 2**63
 
 
