@@ -232,3 +232,13 @@ def test_bad_arguments_raise_config_errors(model, tok):
         agent.generate(["hi"], num_samples=0)
     with pytest.raises(ConfigError, match="prompts"):
         agent.generate("hi")
+
+
+def test_model_end_tokens_are_the_agents_stop_tokens():
+    """TRL decides 'truncated' from the model's end tokens: they must be the ones the agent stops at."""
+    from ossgym.agents.gptoss.presets import gpt_oss_20b_config
+    from ossgym.agents.gptoss.tiny import tiny_config
+    from ossgym.agents.gptoss.tokenizer import STOP_TOKEN_IDS
+
+    for config in (tiny_config(), gpt_oss_20b_config()):
+        assert set(config.eos_token_id) == set(STOP_TOKEN_IDS)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ossgym.agents.gptoss.tokenizer import BOS_ID, ENDOFTEXT_ID, RETURN_ID
+from ossgym.agents.gptoss.tokenizer import BOS_ID, CALL_ID, ENDOFTEXT_ID, RETURN_ID
 
 if TYPE_CHECKING:
     from transformers import GptOssConfig, GptOssForCausalLM
@@ -43,8 +43,8 @@ def gpt_oss_20b_config(**overrides: object) -> "GptOssConfig":
 
     values = {**GPT_OSS_20B, **overrides}
     if values["vocab_size"] > RETURN_ID:
-        values = {"bos_token_id": BOS_ID, "eos_token_id": [RETURN_ID, ENDOFTEXT_ID], "pad_token_id": ENDOFTEXT_ID,
-                  **values}
+        values = {"bos_token_id": BOS_ID, "eos_token_id": [RETURN_ID, ENDOFTEXT_ID, CALL_ID],
+                  "pad_token_id": ENDOFTEXT_ID, **values}
     config = GptOssConfig(**values)
     config._attn_implementation = "eager"
     return config

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ossgym.agents.gptoss.tokenizer import BOS_ID, ENDOFTEXT_ID, RETURN_ID
+from ossgym.agents.gptoss.tokenizer import BOS_ID, CALL_ID, ENDOFTEXT_ID, RETURN_ID
 
 if TYPE_CHECKING:
     from transformers import GptOssConfig, GptOssForCausalLM
@@ -39,7 +39,7 @@ def tiny_config(num_hidden_layers: int = 4) -> "GptOssConfig":
         layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_hidden_layers)],
         max_position_embeddings=131072,
         bos_token_id=BOS_ID,
-        eos_token_id=[RETURN_ID, ENDOFTEXT_ID],
+        eos_token_id=[RETURN_ID, ENDOFTEXT_ID, CALL_ID],
         pad_token_id=ENDOFTEXT_ID,
         attn_implementation="eager",
     )
