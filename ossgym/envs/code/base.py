@@ -234,14 +234,24 @@ class CodeEnv(gym.Env[str, str]):
 
     metadata = {"render_modes": ["ansi"]}
 
+    #: the task's options dataclass (its fields are the env's keyword options) and the task built from it
+    config_class: type
+    task_class: type[CodeTask]
+
     def __init__(
         self,
-        task: CodeTask,
         max_turns: int = 1,
         reasoning_effort: str = "low",
         render_mode: str | None = None,
         pool: SandboxPool | None = None,
+        **options: Any,
     ):
+        try:
+            config = self.config_class(**options)
+        except TypeError as exc:
+            raise ConfigError("options", str(exc),
+                              f"Valid options: {sorted(self.config_class.__dataclass_fields__)}.") from None
+        task = self.task_class(config)
         if type(max_turns) is not int or max_turns < 1:
             raise ConfigError("max_turns", f"must be an int >= 1, got {max_turns!r}", "Pass max_turns=1 for single-turn.")
         if reasoning_effort not in REASONING_EFFORTS:

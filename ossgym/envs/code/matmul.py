@@ -10,7 +10,7 @@ from typing import Any
 from ossgym.envs.code import harness_matmul
 from ossgym.envs.code.base import CodeEnv, CodeTask, FormatWeights
 from ossgym.errors import ConfigError
-from ossgym.sandbox import DEFAULT_IMPORTS, Outcome, SandboxPool, SandboxResult
+from ossgym.sandbox import DEFAULT_IMPORTS, Outcome, SandboxResult
 
 _CLOCK_SLACK_S = 1e-3  # clock granularity allowed when checking the harness's times against the caller's
 
@@ -286,16 +286,5 @@ class GptOssMatmulEnv(CodeEnv):
     completion; ``speed`` is a measurement and varies a little between runs and machines.
     """
 
-    def __init__(
-        self,
-        max_turns: int = 1,
-        reasoning_effort: str = "low",
-        render_mode: str | None = None,
-        pool: SandboxPool | None = None,
-        **options: Any,
-    ):
-        try:
-            config = MatmulConfig(**options)
-        except TypeError as exc:
-            raise ConfigError("options", str(exc), f"Valid options: {sorted(MatmulConfig.__dataclass_fields__)}.") from None
-        super().__init__(MatmulTask(config), max_turns, reasoning_effort, render_mode, pool)
+    config_class = MatmulConfig
+    task_class = MatmulTask

@@ -12,7 +12,7 @@ from ossgym.envs.code import harness2048
 from ossgym.envs.code.base import CodeEnv, CodeTask, FormatWeights
 from ossgym.envs.game2048.engine import MAX_EXPONENT, MAX_SIZE, MIN_SIZE
 from ossgym.errors import ConfigError
-from ossgym.sandbox import DEFAULT_IMPORTS, Outcome, SandboxPool, SandboxResult
+from ossgym.sandbox import DEFAULT_IMPORTS, Outcome, SandboxResult
 
 _FAILED_ENDS = ("invalid_output", "timeout", "error")
 # Every move comes back as one letter in the sandbox result (capped at SandboxTask.max_output_bytes, 1 MiB);
@@ -223,16 +223,5 @@ class GptOss2048Env(CodeEnv):
     the evaluation seed and the completion.
     """
 
-    def __init__(
-        self,
-        max_turns: int = 1,
-        reasoning_effort: str = "low",
-        render_mode: str | None = None,
-        pool: SandboxPool | None = None,
-        **options: Any,
-    ):
-        try:
-            config = Strategy2048Config(**options)
-        except TypeError as exc:
-            raise ConfigError("options", str(exc), f"Valid options: {sorted(Strategy2048Config.__dataclass_fields__)}.") from None
-        super().__init__(Strategy2048Task(config), max_turns, reasoning_effort, render_mode, pool)
+    config_class = Strategy2048Config
+    task_class = Strategy2048Task
