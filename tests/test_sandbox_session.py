@@ -148,3 +148,65 @@ def test_a_compromised_worker_cannot_change_the_callers_metadata_or_clock():
     assert kind == "crash" and r.outcome is Outcome.CRASHED
     assert cpu > 0.02 and r.metadata["isolation"] != "forged" and r.metadata["worker_cpu_s"] >= cpu
     assert "worker" not in r.metadata or r.metadata["worker"].get("isolation") != r.metadata["isolation"]
+
+
+def test_missing_layers_are_named_and_require_isolation_refuses(monkeypatch, caplog):
+    import ossgym.sandbox.pool as pool_module
+
+    with SandboxPool(1) as p:
+        r = p.evaluate("def f(x):\n    return x\n", SandboxTask(entrypoint="f", harness="ossgym.sandbox.testing:call_once"), 1)
+        assert r.value == 1 and pool_module.missing(r.metadata["isolation"]) == {} and p.isolation == r.metadata["isolation"]
+    real = pool_module.missing
+    monkeypatch.setattr(pool_module, "missing", lambda iso: {**real(iso), "seccomp": "pretend the kernel lacks it"})
+    with SandboxPool(1) as p:
+        with caplog.at_level("WARNING"):
+            assert p.run(LOOP, task(), lambda s: s.request([3]).value).value == [3]
+        assert "seccomp: pretend the kernel lacks it" in caplog.text
+    called = []
+    with SandboxPool(1, require_isolation=True) as p:
+        with pytest.raises(Exception, match="seccomp.*Fix"):
+            p.run(LOOP, task(), lambda s: called.append(1))
+    assert not called
+
+
+ESCAPED_REACH = '''
+import ctypes, os, socket
+def f(caller):
+    out = {}
+    def attempt(name, action):
+        try:
+            action()
+            out[name] = "done"
+        except OSError as e:
+            out[name] = "blocked"
+    def read(path):
+        with open(path, "rb") as fh:
+            fh.read(1)
+    attempt("caller_environ", lambda: read(f"/proc/{caller}/environ"))
+    attempt("caller_mem", lambda: read(f"/proc/{caller}/mem"))
+    attempt("signal_caller", lambda: os.kill(caller, 0))
+    attempt("signal_init", lambda: os.kill(1, 0))
+    attempt("signal_any", lambda: [os.kill(p, 0) for p in range(2, 400) if p != os.getpid()] and None)
+    attempt("socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    attempt("write_host_file", lambda: open("/tmp/ossgym-escaped-" + str(os.getpid()), "w").write("x"))
+    attempt("mkdir_root", lambda: os.mkdir("/owned"))
+    libc = ctypes.CDLL(None, use_errno=True)
+    local = (ctypes.c_char * 8)()
+    iov = (ctypes.c_void_p * 2)(ctypes.addressof(local), 8)
+    rc = libc.syscall(310, caller, iov, 1, iov, 1, 0)  # process_vm_readv of the caller
+    out["process_vm_readv"] = "done" if rc >= 0 else "blocked"
+    out["ptrace_attach"] = "done" if libc.syscall(101, 16, caller, 0, 0) == 0 else "blocked"
+    out["unshare_user"] = "done" if libc.syscall(272, 0x10000000) == 0 else "blocked"
+    return out
+'''
+
+
+def test_an_escaped_worker_reaches_no_process_file_or_socket_of_the_host():
+    """Arbitrary Python (compromised-worker mode) as root and, through test_sandbox_nonroot.py, as an
+    ordinary user: the caller's /proc, memory and signals, other processes, sockets and host files are
+    all out of reach."""
+    import os
+
+    with SandboxPool(1, compromised_for_tests=True) as p:
+        r = p.run(ESCAPED_REACH, task(handler="session_handlers:raw"), lambda s: s.request(os.getpid()).value)
+    assert r.outcome is Outcome.OK and r.value and set(r.value.values()) == {"blocked"}, r.value

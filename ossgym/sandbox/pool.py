@@ -28,6 +28,7 @@ from ossgym.errors import ConfigError, SandboxError
 from ossgym.sandbox.result import (Outcome, PlainDataError, SandboxResult, Violation, decode_plain,
                                    encode_plain)
 from ossgym.sandbox.task import SandboxTask
+from ossgym.sandbox.isolation import missing
 from ossgym.sandbox.protocol import EXIT_MEMORY, FROM_WORKER, REQUEST, frame, read_frame
 from ossgym.sandbox.zygote import BOOT
 
@@ -313,10 +314,14 @@ class SandboxPool:
     """A bounded, thread-safe pool of sandbox workers (forked per evaluation from one warm template).
 
     ``workers`` bounds how many evaluations run at once (default: the number of CPU cores). Use as a
-    context manager or call ``close()``.
+    context manager or call ``close()``. The pool checks the isolation of every worker it dispatches: a
+    missing layer (isolation.REQUIRED_LAYERS) is logged once as a warning naming it and why, and with
+    ``require_isolation=True`` the evaluation is refused with a SandboxError instead (nothing untrusted
+    runs). Every result's ``metadata["isolation"]`` holds the layers its worker got.
     """
 
-    def __init__(self, workers: int | None = None, *, compromised_for_tests: bool = False) -> None:
+    def __init__(self, workers: int | None = None, *, require_isolation: bool = False,
+                 compromised_for_tests: bool = False) -> None:
         if workers is None:
             workers = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         if type(workers) is not int or workers < 1:
@@ -325,6 +330,12 @@ class SandboxPool:
         #: TEST-ONLY: run untrusted sources as ordinary Python (no policy, no RestrictedPython) inside the
         #: same OS isolation, to show that an escaped Python layer still earns and reaches nothing.
         self.compromised_for_tests = compromised_for_tests is True
+        #: refuse to run untrusted code in a worker that lacks any layer of isolation.REQUIRED_LAYERS
+        self.require_isolation = require_isolation is True
+        #: the layers the last worker got (the template's and the worker's own report, made before the
+        #: worker had any untrusted code); None before the first evaluation
+        self.isolation: dict | None = None
+        self._warned = False
         self._lock = threading.Lock()
         self._slots: queue.SimpleQueue[int] = queue.SimpleQueue()
         for i in range(workers):
@@ -508,8 +519,11 @@ class SandboxPool:
         # The evaluation's time starts now, at dispatch: not while it waited for a slot or for the template.
         session = Session(mine, pid, task, time.monotonic() + task.total_timeout_s + grace_s(task))
         driven, driver_error = None, None
+        refusal = self._check_isolation(isolation)
         try:
-            if driver is None:
+            if refusal is not None:
+                pass
+            elif driver is None:
                 session.wait_for_record()
             elif session.wait_loaded():
                 try:
@@ -529,6 +543,8 @@ class SandboxPool:
                 tpl.reap_pending[slot] = True
         except (OSError, EOFError, ValueError, KeyError) as e:
             self._template_failed(tpl, f"no reap reply: {e}")
+        if refusal is not None:
+            raise SandboxError(refusal)
         wall = time.monotonic() - start
         meta = {"isolation": isolation, "worker_pid": pid, "killed_at_deadline": killed_at_deadline,
                 "exit_status": status, "worker_cpu_s": session.cpu_s}
@@ -544,6 +560,23 @@ class SandboxPool:
             return SandboxResult(Outcome.OK, driven, "ok", wall_time_s=wall, metadata=meta)
         outcome, message, timeout_kind = failure
         return SandboxResult(outcome, driven, message, timeout_kind=timeout_kind, wall_time_s=wall, metadata=meta)
+
+    def _check_isolation(self, isolation: dict) -> str | None:
+        """Warn once about missing layers; with require_isolation, the refusal message (else None)."""
+        self.isolation = isolation
+        gaps = missing(isolation)
+        if not gaps:
+            return None
+        listed = "; ".join(f"{name}: {why}" for name, why in gaps.items())
+        if not self._warned:
+            self._warned = True
+            log.warning("sandbox workers run without these isolation layers: %s", listed)
+        if not self.require_isolation:
+            return None
+        return (f"the sandbox refuses to run untrusted code without these isolation layers: {listed}. Fix: run "
+                "on Linux with unprivileged user namespaces allowed (sysctl kernel.unprivileged_userns_clone=1 /"
+                " user.max_user_namespaces > 0; in a container, allow unshare/clone/mount in its seccomp "
+                "profile), or pass require_isolation=False to accept the risk")
 
     def _build(self, frames: _Frames, bad: str | None, killed: bool, status: int | None, task: SandboxTask,
                wall: float, meta: dict) -> SandboxResult:
