@@ -161,7 +161,15 @@ class Session:
     that dies (timeout at the liveness deadline, memory, crash, malformed frames) answers every further
     request with a failed :class:`Reply` at once; ``fatal`` says how it died. Never raises because of the
     worker.
+
+    CPU budgets are enforced here, by the caller, from the same kernel clock (a worker that disables its
+    own timers, or runs threads, is still stopped): the whole session may use ``cpu_budget_s`` of worker
+    CPU (default ``task.total_timeout_s``), and ``request(data, cpu_limit_s=x)`` ends the worker when that
+    one request uses more than ``x``. Either kills the worker's process group; the session then ends as
+    a timeout. The wall-clock deadline is only a liveness cap for a worker that sleeps or is stuck.
     """
+
+    _POLL_S = 0.05  # how often a waiting caller re-reads the worker's CPU clock
 
     def __init__(self, sock: socket.socket, pid: int, task: SandboxTask, deadline: float) -> None:
         self._sock, self._fd, self.pid, self.task, self._deadline = sock, sock.fileno(), pid, task, deadline
@@ -174,6 +182,24 @@ class Session:
         self._cpu0 = self._worker_cpu() or 0.0
         self.cpu_s = 0.0
         self.last_cpu_s = 0.0
+        self.cpu_budget_s: float = task.total_timeout_s
+        self._request_cpu_limit: tuple[float, float] | None = None  # (CPU at request start, limit)
+        self.cpu_exceeded: str | None = None
+
+    def _over_cpu(self) -> bool:
+        """True (and the worker killed) when the worker's CPU time is past the session's or request's budget."""
+        now = self._worker_cpu()
+        if now is None:
+            return False
+        if now - self._cpu0 > self.cpu_budget_s:
+            self.cpu_exceeded = f"killed by the caller after {self.cpu_budget_s}s of worker CPU time (total)"
+        elif self._request_cpu_limit is not None and now - self._request_cpu_limit[0] > self._request_cpu_limit[1]:
+            self.cpu_exceeded = (f"killed by the caller after {self._request_cpu_limit[1]}s of worker CPU time "
+                                 "in one request")
+        else:
+            return False
+        self._kill()
+        return True
 
     def _worker_cpu(self) -> float | None:
         try:
@@ -196,8 +222,10 @@ class Session:
                 self.killed = True
                 self._kill()
                 return False
-            ready, _, _ = select.select([self._fd], [], [], left)
+            ready, _, _ = select.select([self._fd], [], [], min(left, self._POLL_S))
             if not ready:
+                if self._over_cpu():
+                    return False
                 continue
             try:
                 chunk = os.read(self._fd, 1 << 20)
@@ -234,7 +262,10 @@ class Session:
     def _die(self) -> Reply:
         """Record how the session died (once) and the failed reply that says so."""
         if self.fatal is None:
-            if self.killed:
+            if self.cpu_exceeded is not None:
+                self.fatal = (Outcome.TIMEOUT, self.cpu_exceeded,
+                              "call" if "one request" in self.cpu_exceeded else "total")
+            elif self.killed:
                 self.fatal = (Outcome.TIMEOUT, f"killed at the liveness limit of {self.task.total_timeout_s}s "
                               "(wall clock)", "total")
             elif self.bad is not None:
@@ -258,8 +289,11 @@ class Session:
         except Exception:  # noqa: BLE001 - a hostile record is typed too
             return (Outcome.INVALID_OUTPUT, "invalid output: a malformed final record", None)
 
-    def request(self, data: object) -> Reply:
-        """Send plain ``data`` to the worker-side handler and wait for its reply (or the session's end)."""
+    def request(self, data: object, cpu_limit_s: float | None = None) -> Reply:
+        """Send plain ``data`` to the worker-side handler and wait for its reply (or the session's end).
+
+        ``cpu_limit_s``: the most worker CPU time this request may use, measured and enforced by the caller
+        (past it the worker is killed and the session ends as a timeout)."""
         if self.closed or self.fatal is not None or not self.loaded:
             return self._die() if not self.closed else Reply(False, None, "crash", "the session is closed")
         try:
@@ -267,6 +301,7 @@ class Session:
         except PlainDataError as e:
             raise ConfigError("data", str(e), "send plain data (None, bool, int, float, str, list, tuple, dict)") from None
         start = self._worker_cpu()
+        self._request_cpu_limit = (start, float(cpu_limit_s)) if cpu_limit_s is not None and start is not None else None
         self.requests += 1
         try:
             self._sock.settimeout(max(0.001, self._deadline - time.monotonic()))
@@ -533,7 +568,8 @@ class SandboxPool:
                     driver_error = f"the caller-side driver raised {type(e).__name__}: {e}"
         finally:
             session.close()
-        frames, killed_at_deadline, bad_frames = session.frames, session.killed, session.bad
+        frames, bad_frames = session.frames, session.bad
+        killed_at_deadline = session.killed or session.cpu_exceeded is not None  # both: a timeout
         status = None
         try:
             conn.sendall(b"R" + frame(json.dumps({"pid": pid}).encode()))
@@ -547,7 +583,7 @@ class SandboxPool:
             raise SandboxError(refusal)
         wall = time.monotonic() - start
         meta = {"isolation": isolation, "worker_pid": pid, "killed_at_deadline": killed_at_deadline,
-                "exit_status": status, "worker_cpu_s": session.cpu_s}
+                "exit_status": status, "worker_cpu_s": session.cpu_s, "cpu_exceeded": session.cpu_exceeded}
         if driver is None:
             return self._build(frames, bad_frames, killed_at_deadline, status, task, wall, meta)
         meta["requests"] = session.requests
