@@ -210,6 +210,26 @@ def test_an_escaped_worker_reaches_no_process_file_or_socket_of_the_host():
     with SandboxPool(1, compromised_for_tests=True) as p:
         r = p.run(ESCAPED_REACH, task(handler="session_handlers:raw"), lambda s: s.request(os.getpid()).value)
     assert r.outcome is Outcome.OK and r.value and set(r.value.values()) == {"blocked"}, r.value
+    iso = r.metadata["isolation"]
+    assert iso.get("landlock") is True or "no Landlock" in iso.get("landlock_error", ""), iso
+
+
+def test_landlock_alone_denies_every_file():
+    """The Landlock layer attacked alone: a plain process (no chroot, no seccomp) that applied it opens no
+    file of the host, not even for reading."""
+    import subprocess
+    import sys
+
+    code = ("import os; from ossgym.sandbox.isolation import landlock_deny_all, prctl, PR_SET_NO_NEW_PRIVS\n"
+            "prctl(PR_SET_NO_NEW_PRIVS, 1); ok, why = landlock_deny_all()\n"
+            "if not ok: print('skip', why); raise SystemExit\n"
+            "for path in ('/etc/passwd', '/proc/1/environ', '/tmp'):\n"
+            "    try:\n        open(path + ('/x' if path == '/tmp' else ''), 'w' if path == '/tmp' else 'r').close(); print('open', path)\n"
+            "    except OSError as e:\n        print('denied', path, e.errno)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    if out.startswith("skip"):
+        pytest.skip(out)
+    assert "open" not in out.split() and out.count("denied") == 3, out
 
 
 SPIN = "def f(n):\n    while True:\n        pass\n"

@@ -18,6 +18,10 @@ capabilities        dropped to none (bounding set too) once the worker is in its
 seccomp             seccomp.py: a BPF filter that denies sockets, ptrace, process_vm_*, signals outside
                     the worker's own process, mount/unshare/setns/chroot, keyctl, bpf, perf_event_open,
                     io_uring, userfaultfd and the like
+landlock            where the kernel has it (Linux 5.13+): a ruleset with no rule that handles every file
+                    access right but listing a directory of the kernel's ABI (and TCP bind/connect, abstract unix sockets and
+                    signals from ABI 4/6 on), so even a file reachable by some way out of the empty root
+                    cannot be opened; reported, not required (older kernels lack it)
 not dumpable        the template and every worker (nobody of the same uid may ptrace or read their memory)
 rlimits             worker.py: address space, CPU, no file writes, few fds, no new processes, no cores
 =================== ===================================================================================
@@ -131,6 +135,38 @@ def drop_capabilities() -> bool:
         return False
     bounding = any(_libc.prctl(_PR_CAPBSET_READ, cap, 0, 0, 0) == 1 for cap in range(_LAST_CAP + 1))
     return not bounding and all(d.effective == d.permitted == d.inheritable == 0 for d in left)
+
+
+_LANDLOCK_FS_BITS = {1: 13, 2: 14, 3: 15, 4: 15, 5: 16}  # number of fs access rights per ABI (6+: as 5)
+
+
+def landlock_deny_all() -> tuple[bool, str]:
+    """Restrict this process (and what it forks) by a Landlock ruleset without rules: no file may be opened,
+    read, written, executed or made, whatever the path. Needs no_new_privs. Returns (applied, why not)."""
+    if _libc is None:
+        return False, "no libc"
+    syscall = _libc.syscall
+    syscall.restype = ctypes.c_long
+    abi = syscall(444, None, 0, 1)  # landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)
+    if abi < 1:
+        return False, f"the kernel has no Landlock ({_err()}; needs Linux 5.13+ with lsm=landlock)"
+
+    class Attr(ctypes.Structure):
+        _fields_ = [("fs", ctypes.c_uint64), ("net", ctypes.c_uint64), ("scoped", ctypes.c_uint64)]
+
+    # every right but READ_DIR (bit 3): the import system lists its path entries (an empty root: nothing to
+    # see) when a harness imports a module lazily, and a listing opens no file
+    attr = Attr(((1 << _LANDLOCK_FS_BITS.get(abi, 16)) - 1) & ~(1 << 3), 0b11 if abi >= 4 else 0, 0b11 if abi >= 6 else 0)
+    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
+    fd = syscall(444, ctypes.byref(attr), ctypes.c_size_t(size), 0)
+    if fd < 0:
+        return False, f"landlock_create_ruleset: {_err()}"
+    try:
+        if syscall(446, ctypes.c_int(fd), 0) != 0:  # landlock_restrict_self
+            return False, f"landlock_restrict_self: {_err()}"
+    finally:
+        os.close(fd)
+    return True, ""
 
 
 def missing(layers: dict) -> dict[str, str]:

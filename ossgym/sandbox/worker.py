@@ -21,7 +21,7 @@ from collections.abc import Callable
 from ossgym.sandbox.context import (CallTimeout, HarnessContext, InvalidOutput, TotalTimeout, UserError,
                                     _clock, _Interrupt, guarded_call, install_timer)
 from ossgym.sandbox import seccomp
-from ossgym.sandbox.isolation import PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG, drop_bounding_set, drop_capabilities, prctl
+from ossgym.sandbox.isolation import PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG, drop_bounding_set, drop_capabilities, landlock_deny_all, prctl
 from ossgym.sandbox.policy import analyze
 from ossgym.sandbox.restricted import compile_untrusted, load_untrusted
 from ossgym.sandbox.result import Outcome, PlainDataError, decode_plain, encode_plain
@@ -93,6 +93,9 @@ def prepare(ctrl_fd: int, devnull_fd: int, workdir: str, uid: int, userns: bool)
     layers["capabilities_dropped"] = drop_capabilities()
     layers["not_dumpable"] = prctl(PR_SET_DUMPABLE, 0)
     layers["rlimits"] = limits
+    layers["landlock"], why = landlock_deny_all()
+    if why:
+        layers["landlock_error"] = why
     layers["seccomp"] = seccomp.install()
     return layers
 
