@@ -281,3 +281,14 @@ def test_threads_calling_evaluate_on_a_small_pool_lose_no_budget():
         for th in threads:
             th.join()
     assert [r.outcome for r in results] == [Outcome.OK] * 4
+
+
+def test_workers_live_in_their_own_pid_namespace_and_the_caller_measures_them_by_host_pid():
+    """The worker sees itself as a small pid under the namespace's init (its parent is outside), while the
+    caller reads its CPU clock and kills its group by the ordinary pid."""
+    src = "import os\ndef f(n):\n    s = 0\n    for i in range(n):\n        s += i\n    return [os.getpid(), os.getppid()]\n"
+    with SandboxPool(1, compromised_for_tests=True) as p:
+        r = p.run(src, task(handler="session_handlers:raw"), lambda s: (s.request(300_000).value, s.last_cpu_s))
+    (inner, parent), cpu = r.value
+    assert r.metadata["isolation"]["pid_namespace"] is True and inner != r.metadata["worker_pid"]
+    assert inner < 64 and parent == 0 and cpu > 0

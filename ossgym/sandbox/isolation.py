@@ -10,6 +10,9 @@ user namespace      ordinary users: ``unshare(CLONE_NEWUSER)`` with the caller's
                     (the only mapping an unprivileged process may write). Root keeps the host's users
                     and gives every worker a uid of its own instead.
 network namespace   a new one without interfaces: no socket reaches anything
+PID namespace       the workers' own (the template stays outside it and forks a do-nothing PID 1 first, so
+                    the caller and the template address workers by their ordinary pids): a worker sees no
+                    process but its batch-mates' and that init, and every one of them dies with the init
 IPC, UTS            new namespaces: no shared memory or semaphores of the host, no hostname to set
 mount namespace     a new, private one: the workers' root is a read-only, empty tmpfs mounted there
 empty root          ``chroot`` into that tmpfs: no file of the host, no /proc of the caller
@@ -37,14 +40,14 @@ import ctypes.util
 import os
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
-CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REC, _MS_PRIVATE = 1, 2, 4, 8, 0x4000, 0x40000
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 4, 24, 38
 _PR_CAPBSET_READ = 23
 _LAST_CAP = 63
 
 #: the layers every worker must get; ``require_isolation=True`` refuses a pool that lacks one
-REQUIRED_LAYERS = ("user_separation", "network_namespace", "ipc_namespace", "uts_namespace", "mount_namespace",
+REQUIRED_LAYERS = ("user_separation", "network_namespace", "pid_namespace", "ipc_namespace", "uts_namespace", "mount_namespace",
                    "empty_root", "capabilities_dropped", "seccomp", "no_new_privs", "not_dumpable")
 
 try:
@@ -75,7 +78,7 @@ def enter_namespaces(workdir: str) -> dict:
     if _libc is None:
         return {"namespaces_error": "no libc"}
     root = os.geteuid() == 0
-    flags = CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNS
+    flags = CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNS | CLONE_NEWPID
     uid, gid = os.geteuid(), os.getegid()
     if _libc.unshare(flags | (0 if root else CLONE_NEWUSER)) == 0:
         if not root:
@@ -85,11 +88,11 @@ def enter_namespaces(workdir: str) -> dict:
                 _write("/proc/self/gid_map", f"0 {gid} 1")
             except OSError as e:
                 return {"user_namespace_error": f"cannot map ids: {e}"}
-        got.update(network_namespace=True, ipc_namespace=True, uts_namespace=True, mount_namespace=True,
+        got.update(network_namespace=True, pid_namespace=True, ipc_namespace=True, uts_namespace=True, mount_namespace=True,
                    user_namespace=not root)
     else:
         why = _err()
-        for name in ("network_namespace", "ipc_namespace", "uts_namespace", "mount_namespace"):
+        for name in ("network_namespace", "pid_namespace", "ipc_namespace", "uts_namespace", "mount_namespace"):
             got[name] = False
             got[f"{name}_error"] = f"unshare: {why}" + ("" if root else " (user namespaces may be disabled: "
                                                           "sysctl kernel.unprivileged_userns_clone=1, or a container"
@@ -106,6 +109,25 @@ def enter_namespaces(workdir: str) -> dict:
         return got
     got["empty_root"] = True
     return got
+
+
+def start_pid_init() -> int:
+    """Fork PID 1 of the (already unshared) PID namespace: it only lives, so that the template can go on
+    forking workers into the namespace; it dies with the template (parent-death signal), and the kernel
+    then kills every worker left in the namespace. Returns its pid (in the template's view)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the init child
+        try:
+            prctl(PR_SET_PDEATHSIG, 9)
+            prctl(PR_SET_DUMPABLE, 0)
+            os.closerange(0, 1 << 16)
+            import signal
+
+            while True:
+                signal.pause()
+        finally:
+            os._exit(0)
+    return pid
 
 
 def drop_bounding_set() -> None:

@@ -33,7 +33,7 @@ class Template:
     """The fork server loop."""
 
     def __init__(self, socks: list[socket.socket]) -> None:
-        from ossgym.sandbox.isolation import PR_SET_DUMPABLE, enter_namespaces, prctl
+        from ossgym.sandbox.isolation import PR_SET_DUMPABLE, enter_namespaces, prctl, start_pid_init
 
         # No PR_SET_PDEATHSIG here: it follows the *thread* that started this process, which may be any
         # short-lived caller thread. The pool's death closes every slot socket instead, and that ends serve().
@@ -42,6 +42,8 @@ class Template:
         os.chmod(self.workdir, 0o555)  # empty and not writable by the workers (they run as unprivileged uids)
         self.isolation = enter_namespaces(self.workdir)  # the workers' empty read-only root is mounted there
         self.isolation["template_not_dumpable"] = prctl(PR_SET_DUMPABLE, 0)
+        if self.isolation.get("pid_namespace") is True:
+            self.pid_init = start_pid_init()  # before any worker: the namespace's first child is its PID 1
         self.userns = self.isolation.get("user_namespace") is True
         self.devnull = os.open(os.devnull, os.O_RDWR)
         self.loaded: set[str] = set()
