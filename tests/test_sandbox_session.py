@@ -292,3 +292,15 @@ def test_workers_live_in_their_own_pid_namespace_and_the_caller_measures_them_by
     (inner, parent), cpu = r.value
     assert r.metadata["isolation"]["pid_namespace"] is True and inner != r.metadata["worker_pid"]
     assert inner < 64 and parent == 0 and cpu > 0
+
+
+def test_the_caller_is_made_not_dumpable_unless_told_otherwise():
+    import subprocess
+    import sys
+
+    code = ("from ossgym.sandbox import SandboxPool\n"
+            "def dumpable():\n    return [l for l in open('/proc/self/status') if 0] or __import__('ctypes').CDLL(None).prctl(3, 0, 0, 0, 0)\n"
+            "a = dumpable()\nwith SandboxPool(1, protect_caller=False):\n    b = dumpable()\n"
+            "with SandboxPool(1):\n    c = dumpable()\nprint(a, b, c)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["1", "1", "0"], out.stderr[-2000:]

@@ -28,7 +28,7 @@ from ossgym.errors import ConfigError, SandboxError
 from ossgym.sandbox.result import (Outcome, PlainDataError, SandboxResult, Violation, decode_plain,
                                    encode_plain)
 from ossgym.sandbox.task import SandboxTask
-from ossgym.sandbox.isolation import missing
+from ossgym.sandbox.isolation import PR_SET_DUMPABLE, missing, prctl
 from ossgym.sandbox.protocol import EXIT_MEMORY, FROM_WORKER, REQUEST, frame, read_frame
 from ossgym.sandbox.zygote import BOOT
 
@@ -353,10 +353,15 @@ class SandboxPool:
     missing layer (isolation.REQUIRED_LAYERS) is logged once as a warning naming it and why, and with
     ``require_isolation=True`` the evaluation is refused with a SandboxError instead (nothing untrusted
     runs). Every result's ``metadata["isolation"]`` holds the layers its worker got.
+
+    ``protect_caller`` (default True) makes the calling process not dumpable (prctl PR_SET_DUMPABLE 0) when
+    the pool is created: no process of the same uid may then ptrace it or read its /proc/<pid>/mem or
+    environ (a second wall behind the workers' own namespaces and seccomp filter). Its cost: no core dumps
+    of the trainer, and a debugger or profiler attaching to it needs root. Pass False to keep those.
     """
 
     def __init__(self, workers: int | None = None, *, require_isolation: bool = False,
-                 compromised_for_tests: bool = False) -> None:
+                 compromised_for_tests: bool = False, protect_caller: bool = True) -> None:
         if workers is None:
             workers = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         if type(workers) is not int or workers < 1:
@@ -367,6 +372,7 @@ class SandboxPool:
         self.compromised_for_tests = compromised_for_tests is True
         #: refuse to run untrusted code in a worker that lacks any layer of isolation.REQUIRED_LAYERS
         self.require_isolation = require_isolation is True
+        self._caller_not_dumpable = protect_caller is not False and prctl(PR_SET_DUMPABLE, 0)
         #: the layers the last worker got (the template's and the worker's own report, made before the
         #: worker had any untrusted code); None before the first evaluation
         self.isolation: dict | None = None
@@ -551,6 +557,8 @@ class SandboxPool:
             mine.close()
             raise SandboxError(str(reply["error"]))
         pid, isolation = int(reply["pid"]), reply.get("isolation", {})
+        if isinstance(isolation, dict):
+            isolation = {**isolation, "caller_not_dumpable": self._caller_not_dumpable}
         # The evaluation's time starts now, at dispatch: not while it waited for a slot or for the template.
         session = Session(mine, pid, task, time.monotonic() + task.total_timeout_s + grace_s(task))
         driven, driver_error = None, None
