@@ -590,7 +590,7 @@ class SandboxPool:
         if refusal is not None:
             raise SandboxError(refusal)
         wall = time.monotonic() - start
-        meta = {"isolation": isolation, "worker_pid": pid, "killed_at_deadline": killed_at_deadline,
+        meta = {"isolation": isolation, "worker_pid": pid, "worker_uid": reply.get("uid"), "killed_at_deadline": killed_at_deadline,
                 "exit_status": status, "worker_cpu_s": session.cpu_s, "cpu_exceeded": session.cpu_exceeded}
         if driver is None:
             return self._build(frames, bad_frames, killed_at_deadline, status, task, wall, meta)

@@ -147,7 +147,8 @@ class Template:
                 self.polled.add(pid)
             isolation = {**self.isolation, **layers,
                          "empty_root": self.isolation.get("empty_root") is True and layers.get("chroot") is True}
-            sock.sendall(frame(json.dumps({"pid": pid, "isolation": isolation}).encode()))
+            uid = isolation.pop("uid", None)  # per worker: not a layer (isolation reads the same for every worker)
+            sock.sendall(frame(json.dumps({"pid": pid, "uid": uid, "isolation": isolation}).encode()))
         elif msg == b"R":
             pid = json.loads(read_frame(sock))["pid"]
             self.reap_waiters[pid] = sock
