@@ -129,3 +129,36 @@ def run_local(task: Any, fn: Callable, seed: int, **session_kw: Any) -> Any:
         baseline = base[1]
         baseline(FakeSession(ns[task.entrypoint], task.handler, **session_kw))
     return task.judge(SandboxResult(Outcome.OK, None), driver, baseline), driver, session
+
+
+class LocalPool:
+    """TEST-ONLY pool: ``run_batch`` runs each driver against a FakeSession on the source exec'd in this
+    process. Only for trusted test sources (references); model code only ever runs in the real sandbox."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.closed = False
+        self.batches = 0
+
+    def run_batch(self, jobs):
+        import time
+
+        from ossgym.sandbox import Outcome, SandboxResult, check_policy
+
+        self.batches += 1
+        results = []
+        for source, task, driver in jobs:
+            time.sleep(self.delay_s)
+            violations = check_policy(source, task)
+            if violations:
+                results.append(SandboxResult(Outcome.POLICY_VIOLATION, None, "policy", tuple(violations)))
+                continue
+            ns: dict = {}
+            exec(source, ns)  # noqa: S102 - trusted test sources only
+            handler = getattr(task, "handler", None) or task.harness
+            value = driver(FakeSession(ns[task.entrypoint], handler, call_limit_s=task.call_timeout_s))
+            results.append(SandboxResult(Outcome.OK, value))
+        return results
+
+    def close(self) -> None:
+        self.closed = True
