@@ -209,3 +209,19 @@ def test_caller_metadata_is_untouched_by_a_forging_worker(pool):
     assert "forged" not in str({k: v for k, v in forged.metadata.items() if k != "worker"})
     assert forged.metadata.get("isolation") == honest.metadata.get("isolation")
     assert not math.isnan(forged.wall_time_s)
+
+
+def test_same_completion_and_seed_same_reward_in_another_pool_and_under_load():
+    """Invariant 6 through the real sandbox: two pools, one of them busy with other work, same rewards."""
+    from ossgym.sandbox import SandboxPool
+
+    if not hasattr(SandboxPool, "run_batch"):
+        pytest.skip("the sandbox's caller-driven Session API is not on this branch yet")
+    task = Strategy2048Task(Strategy2048Config(num_games=2))
+    completions = [as_completion(REFERENCES_2048[n]) for n in ("random", "greedy_merge", "corner")]
+    with SandboxPool(1) as a, SandboxPool(2) as b:
+        first = [r.reward for r in score_batch(task, completions, [5] * 3, a)]
+        # the second pool scores them beside a batch of busy-looping completions (load on the same cores)
+        busy = [as_completion("def strategy(board):\n    n = 0\n    for i in range(100000):\n        n = n + i\n    return 'S'\n")] * 3
+        second = [r.reward for r in score_batch(task, completions + busy, [5] * 6, b)][:3]
+    assert first == second

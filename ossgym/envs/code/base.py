@@ -29,7 +29,7 @@ import numpy as np
 
 from ossgym.envs.code.extract import Extraction, extract_code
 from ossgym.envs.code.spaces import CompletionSpace
-from ossgym.errors import ConfigError
+from ossgym.errors import ConfigError, SandboxError
 from ossgym.harmony import REASONING_EFFORTS
 from ossgym.sandbox import DEFAULT_IMPORTS, Outcome, SandboxPool, SandboxResult, SandboxTask, default_pool
 from ossgym.sandbox.policy import FORBIDDEN_NAMES, FRAME_ATTRIBUTES, check_policy
@@ -331,7 +331,11 @@ def _judged(task: CodeTask, result: SandboxResult, driver: Any, baseline: Any, e
 
 def run_drivers(pool: SandboxPool, jobs: Sequence[tuple[str, SandboxTask, Callable[[Any], Any]]]) -> list[SandboxResult]:
     """Run caller-side drivers against fresh workers, concurrently (``pool.run_batch``), results in order."""
-    return list(pool.run_batch(list(jobs)))
+    run_batch = getattr(pool, "run_batch", None)
+    if run_batch is None:
+        raise SandboxError("this sandbox pool has no caller-driven sessions (SandboxPool.run_batch); the code "
+                           "tasks need the sandbox's Session API (shared/PLAN.md): update ossgym.sandbox")
+    return list(run_batch(list(jobs)))
 
 
 def score_batch(
