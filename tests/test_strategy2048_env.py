@@ -280,7 +280,7 @@ def test_numpy_str_is_invalid_output():
             def call(self, board, v=value):
                 return v
 
-        (item,) = handle(None, {"boards": [[[0] * 4] * 4]}, Ctx())
+        (item,) = handle(None, {"size": 4, "boards": ["0" * 16]}, Ctx())
         assert item["fail"] == "invalid_output"
 
 

@@ -12,7 +12,7 @@ import pytest
 from session_fake import FakeSession, HostileSession, run_local
 from ossgym.envs.code.references import REFERENCES_2048
 from ossgym.envs.code.strategy2048 import Strategy2048Config, Strategy2048Task
-from ossgym.envs.code.strategy2048.handler import describe_value, handle
+from ossgym.envs.code.strategy2048.handler import decode_board, describe_value, encode_board, handle
 from ossgym.envs.code.strategy2048.judge import FAILED_ENDS, GAME_ENDS, GamesDriver
 from ossgym.envs.game2048 import engine as ENGINE
 from ossgym.sandbox import Outcome, SandboxResult
@@ -78,7 +78,7 @@ def test_boards_are_immutable_exact_int_copies_and_the_worker_sees_only_boards()
     requests = []
     driver = task.driver(3)
     driver(HostileSession(lambda r: (requests.append(r) or ["S"] * len(r["boards"]), 1e-4)))
-    assert all(set(r) == {"boards"} for r in requests)
+    assert all(set(r) == {"size", "boards"} and all(type(b) is str for b in r["boards"]) for r in requests)
 
 
 def test_the_worker_never_sees_a_tile_before_it_spawns():
@@ -88,7 +88,8 @@ def test_the_worker_never_sees_a_tile_before_it_spawns():
     log = []
 
     def respond(request):
-        log.append(([list(map(list, b)) for b in request["boards"]], [g.game.tiles() for g in driver.games if g.end is None]))
+        boards = [[list(row) for row in decode_board(b, 4)] for b in request["boards"]]
+        log.append((boards, [g.game.tiles() for g in driver.games if g.end is None]))
         return ["A" if len(log) % 3 else "S"] * len(request["boards"]), 1e-4
 
     driver(HostileSession(respond))
@@ -185,7 +186,16 @@ def test_same_completion_and_seed_same_reward():
 
 
 def test_handler_rejects_malformed_requests():
-    with pytest.raises(ValueError):
-        handle(lambda b: "W", {"boards": [[[1, 2], [3, 4]]]}, None)
-    with pytest.raises(ValueError):
-        handle(lambda b: "W", ["not a dict"], None)
+    for bad in ({"size": 4, "boards": [[[1, 2], [3, 4]]]}, {"size": 4, "boards": ["0" * 15]},
+                {"size": 4, "boards": ["g" * 16]}, {"boards": ["0" * 16]}, ["not a dict"], {"size": 2, "boards": []}):
+        with pytest.raises(ValueError):
+            handle(lambda b: "W", bad, None)
+
+
+def test_board_encoding_round_trips():
+    game = ENGINE.Game2048(size=4, rng=np.random.default_rng(3))
+    for k in "SASDSA" * 5:
+        game.step(ENGINE.KEY_TO_ACTION[k])
+        assert [list(r) for r in decode_board(encode_board(game.exponent_bytes()), 4)] == game.tiles()
+    big = ENGINE.Game2048(size=5, rng=np.random.default_rng(3), fast=False)
+    assert [list(r) for r in decode_board(encode_board(big.exponent_bytes()), 5)] == big.tiles()

@@ -1,8 +1,10 @@
 """Worker side of GptOss2048-v0: answer ``strategy(board) -> move`` for the boards the caller sends.
 
 The sandbox loads this trusted module in the worker before the untrusted code and calls
-``handle(fn, request, ctx)`` once per request. A request is ``{"boards": [board, ...]}`` (one board per live
-game, batched per game step by the caller); the reply is one item per board, in order: the move (exactly
+``handle(fn, request, ctx)`` once per request. A request is ``{"size": n, "boards": [board, ...]}`` (one
+board per live game, batched per game step by the caller), each board a str of ``n * n`` hex digits, the
+cells' exponents in row-major order (``"0"`` empty, ``"1"`` a 2, ``"b"`` a 2048: one plain value per board,
+so a round trip stays cheap); the strategy gets it as a tuple of tuples of tile values. The reply is one item per board, in order: the move (exactly
 one of the str ``"W"``, ``"A"``, ``"S"``, ``"D"``) or a failure record ``{"fail": "timeout" | "error" |
 "invalid_output", "detail": str, ...}``.
 
@@ -17,7 +19,7 @@ from typing import Any
 
 from ossgym.sandbox import CallTimeout, UserError
 
-__all__ = ["handle", "describe_value", "MOVES"]
+__all__ = ["handle", "describe_value", "encode_board", "decode_board", "MOVES"]
 
 MOVES = frozenset({"W", "A", "S", "D"})
 _DETAIL_CHARS = 300
@@ -40,24 +42,36 @@ def describe_value(x: object) -> str:
     return _BUILTIN_NAMES.get(t, "an object of another type")
 
 
-def _board(rows: Any) -> tuple[tuple[int, ...], ...]:
-    """A fresh, deeply immutable board (tuple of tuples of exact ints) from the request's plain rows."""
-    if type(rows) not in (list, tuple) or not 3 <= len(rows) <= 8:
-        raise ValueError("a board must be 3..8 rows")
-    out = []
-    for row in rows:
-        if type(row) not in (list, tuple) or len(row) != len(rows) or not all(type(v) is int for v in row):
-            raise ValueError("a board row must hold exactly size ints")
-        out.append(tuple([int(v) for v in row]))
-    return tuple(out)
+_TILES = {c: (1 << i if i else 0) for i, c in enumerate("0123456789abcdef")}
+
+
+def encode_board(exponents: bytes) -> str:
+    """Caller side: a board's exponents (row-major bytes, 0..15) as the request's hex str."""
+    return exponents.translate(_HEX).decode("ascii")
+
+
+_HEX = bytes.maketrans(bytes(range(16)), b"0123456789abcdef")
+
+
+def decode_board(text: Any, size: int) -> tuple[tuple[int, ...], ...]:
+    """A fresh, deeply immutable board (tuple of tuples of exact ints) from the request's hex str."""
+    if type(text) is not str or len(text) != size * size:
+        raise ValueError(f"a board must be a str of {size * size} hex digits")
+    tiles = _TILES
+    try:
+        cells = [tiles[c] for c in text]
+    except KeyError:
+        raise ValueError("a board must hold only the hex digits 0-9a-f") from None
+    return tuple([tuple(cells[r * size:(r + 1) * size]) for r in range(size)])
 
 
 def handle(fn: Any, request: Any, ctx: Any) -> list:
     """Call the untrusted ``fn`` (through ``ctx.call``: per-call CPU limit) once per board; plain replies."""
     boards = request.get("boards") if type(request) is dict else None
-    if type(boards) is not list or len(boards) > _MAX_BOARDS:
-        raise ValueError("the request must be {'boards': [board, ...]}")
-    boards = [_board(b) for b in boards]
+    size = request.get("size") if type(request) is dict else None
+    if type(boards) is not list or len(boards) > _MAX_BOARDS or type(size) is not int or not 3 <= size <= 8:
+        raise ValueError("the request must be {'size': 3..8, 'boards': [board, ...]}")
+    boards = [decode_board(b, size) for b in boards]
     out: list = []
     for board in boards:
         try:

@@ -44,6 +44,7 @@ from typing import Any
 from numpy.random import default_rng
 
 from ossgym.envs.code.base import read_reply, session_cpu
+from ossgym.envs.code.strategy2048.handler import encode_board
 from ossgym.envs.game2048.engine import KEY_TO_ACTION, Game2048, tables
 
 __all__ = ["GamesDriver", "GameRecord", "GAME_ENDS", "FAILED_ENDS", "game_seeds"]
@@ -134,9 +135,9 @@ class GamesDriver:
             live = [g for g in self.games if g.end is None]
             if not live:
                 break
-            boards = [g.game.tiles() for g in live]
+            boards = [encode_board(g.game.exponent_bytes()) for g in live]
             allowance = self.time_budget_s + (self.moves + len(live)) * self.move_budget_s
-            reply = read_reply(session.request({"boards": boards}))
+            reply = read_reply(session.request({"size": self.size, "boards": boards}))
             self.requests += 1
             self.cpu_s = session_cpu(session, "cpu_s")
             if not reply.ok:
