@@ -8,6 +8,17 @@ from session_fake import FakeSession, HostileSession, run_local
 from ossgym.envs.code.matmul import MatmulConfig, MatmulTask
 from ossgym.envs.code.matmul.handler import handle
 from ossgym.envs.code.matmul.judge import compare, correctness_cases, naive_matmul, speed_set
+from ossgym.envs.code.matmul.matrices import pack_matrix, unpack_matrix
+
+
+def inputs(request):
+    n, k, m = request["shape"]
+    return unpack_matrix(request["A"], n, k), (unpack_matrix(request["B"], k, m) if k else [])
+
+
+def product(request):
+    """What an honest worker returns for a request: the packed naive product."""
+    return pack_matrix(naive_matmul(*inputs(request)))
 from ossgym.envs.code.references import MATMUL_CORRECT, MATMUL_INCORRECT
 from ossgym.sandbox import Outcome, SandboxResult
 
@@ -58,8 +69,7 @@ def test_a_worker_cannot_report_its_own_time():
     cases = {}
 
     def respond(request):
-        A, B = request["A"], request["B"]
-        return naive_matmul(A, B), 0.004  # correct, at the naive speed
+        return product(request), 0.004  # correct, at the naive speed
 
     d = t.driver(2)
     d(HostileSession(respond))
@@ -69,7 +79,7 @@ def test_a_worker_cannot_report_its_own_time():
     assert details["speedup"] == pytest.approx(1.0)
     # forged "fast" replies carrying a timing field are not a matrix: incorrect
     d = t.driver(2)
-    d(HostileSession(lambda r: ({"fn_s": 1e-9, "value": naive_matmul(r["A"], r["B"])}, 1e-4)))
+    d(HostileSession(lambda r: ({"fn_s": 1e-9, "value": product(r)}, 1e-4)))
     assert t.judge(OK, d, base)[0]["correctness"] == -1.0
 
 
@@ -77,18 +87,18 @@ def test_the_worker_never_gets_an_expected_output_or_a_seed():
     t = task(speed_trials=2)
     seen = []
     d = t.driver(4)
-    d(HostileSession(lambda r: (seen.append(r) or naive_matmul(r["A"], r["B"]), 1e-4)))
-    assert all(set(r) == {"A", "B"} for r in seen)
+    d(HostileSession(lambda r: (seen.append(r) or product(r), 1e-4)))
+    assert all(set(r) == {"A", "B", "shape"} for r in seen)
     assert len(seen) == len(t.cases(4)) + 2
 
 
 def test_slow_call_and_budget_are_caller_measured():
     t = task(call_time_limit_s=0.05, time_budget_s=0.5)
     d = t.driver(0)
-    d(HostileSession(lambda r: (naive_matmul(r["A"], r["B"]), 0.2)))  # each request costs 0.2 s of CPU
+    d(HostileSession(lambda r: (product(r), 0.2)))  # each request costs 0.2 s of CPU
     assert not d.correct and "timed out" in d.problem
     d = t.driver(0)
-    d(HostileSession(lambda r: (naive_matmul(r["A"], r["B"]), 0.06)))  # within the call limit, over the total
+    d(HostileSession(lambda r: (product(r), 0.06)))  # within the call limit, over the total
     assert not d.correct and "more than its 0.5 s" in d.problem
 
 
@@ -112,12 +122,19 @@ class SimpleCtx:
 
 def test_handler_checks_exact_types_and_reports_errors_as_records():
     A, B = [[1.0, 2.0]], [[3.0], [4.0]]
-    for fn, expect in [(lambda a, b: [[11.0]], [[11.0]])]:
-        assert handle(fn, {"A": A, "B": B}, SimpleCtx(fn)) == expect
-    for bad in (lambda a, b: [(11.0,)], lambda a, b: [[True]], lambda a, b: ((11.0,),)):
-        assert handle(bad, {"A": A, "B": B}, SimpleCtx(bad))["fail"] == "invalid_output"
-    with pytest.raises(ValueError):
-        handle(None, {"A": "x", "B": B}, SimpleCtx(None))
+    req = {"A": pack_matrix(A), "B": pack_matrix(B), "shape": [1, 2, 1]}
+    for fn, expect in [(lambda a, b: [[11.0]], [[11.0]]), (lambda a, b: [[11]], [[11.0]])]:
+        assert unpack_matrix(handle(fn, req, SimpleCtx(fn)), 1, 1) == expect
+    for bad in (lambda a, b: [(11.0,)], lambda a, b: [[True]], lambda a, b: ((11.0,),), lambda a, b: [[10**400]]):
+        assert handle(bad, req, SimpleCtx(bad))["fail"] == "invalid_output"
+    seen = []
+    handle(lambda a, b: seen.append((a, b)) or [[0.0]], req, SimpleCtx(lambda a, b: seen.append((a, b)) or [[0.0]]))
+    assert seen == [(A, B)] and all(type(v) is float for r in seen[0][0] for v in r)
+    for bad in ({**req, "A": "x"}, {**req, "shape": [1, 3, 1]}, {**req, "A": A}, {"A": "", "B": ""}):
+        with pytest.raises(ValueError):
+            handle(None, bad, SimpleCtx(None))
+    k0 = {"A": pack_matrix([[], []]), "B": pack_matrix([]), "shape": [2, 0, 0]}
+    assert unpack_matrix(handle(lambda a, b: [[], []], k0, SimpleCtx(lambda a, b: [[], []])), 2, 0) == [[], []]
 
 
 def test_speed_set_is_cached_per_seed_and_correct():

@@ -1,17 +1,20 @@
 """Worker side of GptOssMatmul-v0: call the untrusted ``matmul(A, B)`` on the matrices the caller sends.
 
 The sandbox loads this trusted module in the worker before the untrusted code and calls
-``handle(fn, request, ctx)`` once per request ``{"A": A, "B": B}``. The reply is the product as plain
-data (exactly a list of lists of int/float, copied) or a failure record ``{"fail": "timeout" | "error" |
+``handle(fn, request, ctx)`` once per request ``{"A": packed, "B": packed, "shape": [n, k, m]}`` (each
+matrix one base64 str of doubles, :func:`~ossgym.envs.code.matmul.matrices.pack_matrix`). The function gets
+fresh lists of lists of floats; the reply is its product packed the same way (after the exact-type and
+shape check: a list of lists of int/float) or a failure record ``{"fail": "timeout" | "error" |
 "invalid_output", "detail": str, ...}``. Nothing here decides a reward: the caller keeps the expected
 products, checks every reply itself and times every call from outside the worker.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
-from ossgym.envs.code.matmul.matrices import check_matrix
+from ossgym.envs.code.matmul.matrices import check_matrix, pack_matrix, unpack_matrix
 from ossgym.sandbox import CallTimeout, UserError
 
 __all__ = ["handle"]
@@ -20,18 +23,15 @@ _DETAIL_CHARS = 300
 _TRACEBACK_CHARS = 800
 
 
-def _matrix(M: Any) -> list[list[float]]:
-    if type(M) is not list or not all(type(r) is list and all(type(v) in (int, float) for v in r) for r in M):
-        raise ValueError("the request's matrices must be lists of lists of numbers")
-    return [list(r) for r in M]
-
-
 def handle(fn: Any, request: Any, ctx: Any) -> Any:
     """One call of the untrusted ``fn`` (per-call CPU limit via ``ctx.call``); its checked, copied result."""
-    if type(request) is not dict:
-        raise ValueError("the request must be {'A': ..., 'B': ...}")
-    A, B = _matrix(request.get("A")), _matrix(request.get("B"))
-    rows, cols = len(A), (len(B[0]) if B else 0)
+    shape = request.get("shape") if type(request) is dict else None
+    if type(shape) is not list or len(shape) != 3 or not all(type(v) is int and 0 <= v <= 4096 for v in shape):
+        raise ValueError("the request must be {'A': str, 'B': str, 'shape': [n, k, m]}")
+    n, k, m = shape
+    A = unpack_matrix(request.get("A"), n, k)
+    B = unpack_matrix(request.get("B"), k, m) if k else []
+    rows, cols = n, m
     try:
         value = ctx.call(A, B)
     except CallTimeout:
@@ -45,4 +45,7 @@ def handle(fn: Any, request: Any, ctx: Any) -> Any:
     why = check_matrix(value, rows, cols)
     if why is not None:
         return {"fail": "invalid_output", "detail": why}
-    return [list(r) for r in value]
+    try:
+        return pack_matrix(value)
+    except (OverflowError, struct.error):  # an int too large for a double
+        return {"fail": "invalid_output", "detail": "an entry does not fit a float"}

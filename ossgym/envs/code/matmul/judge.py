@@ -2,8 +2,9 @@
 
 :class:`MatmulDriver` runs one evaluation against a worker session: it builds the correctness cases and the
 speed trials' inputs from seeds derived one-way from the evaluation seed, computes every expected product
-itself with :func:`naive_matmul`, sends the worker one plain request ``{"A": A, "B": B}`` per call, checks
-each reply with exact types and shape (:func:`check_matrix`) against its own product (:func:`compare`,
+itself with :func:`naive_matmul`, sends the worker one plain request per call (the matrices packed as
+base64 doubles, so the wire costs little inside the timed call), checks each reply (the handler checked
+exact types and shape, :func:`check_matrix`; the caller unpacks exactly n x m doubles) against its own product (:func:`compare`,
 trusted value on the left), and times each speed call as the worker's CPU time read by the caller from
 outside (``session.last_cpu_s``). The worker never sees an expected output, a seed or a clock that counts.
 
@@ -25,7 +26,8 @@ from typing import Any
 
 from ossgym.envs.code.base import read_reply, session_cpu
 from ossgym.envs.code.matmul.matrices import (DEFAULT_RTOL, check_matrix, compare, correctness_cases,
-                                              naive_matmul, random_matrix, speed_inputs)
+                                              naive_matmul, pack_matrix, random_matrix, speed_inputs,
+                                              unpack_matrix)
 
 __all__ = [
     "MatmulDriver",
@@ -89,7 +91,8 @@ class MatmulDriver:
 
     def _call(self, session: Any, A: list, B: list, expected: list, name: str) -> float | None:
         """One checked call; the caller-measured CPU seconds, or None (``problem`` says why)."""
-        reply = read_reply(session.request({"A": A, "B": B}))
+        n, k, m = len(A), len(B), (len(B[0]) if B else 0)
+        reply = read_reply(session.request({"A": pack_matrix(A), "B": pack_matrix(B), "shape": [n, k, m]}))
         self.cpu_s = session_cpu(session, "cpu_s")
         used = session_cpu(session, "last_cpu_s")
         if not reply.ok:
@@ -108,10 +111,10 @@ class MatmulDriver:
             tb = value.get("traceback")
             self.traceback = tb[-_TRACEBACK_CHARS:] if type(tb) is str else ""
             return None
-        rows, cols = len(A), (len(B[0]) if B else 0)
-        why = check_matrix(value, rows, cols)
-        if why is not None:
-            self.problem = f"{name}: {why}"
+        try:
+            value = unpack_matrix(value, n, m)
+        except ValueError:
+            self.problem = f"{name}: the reply was not a {n}x{m} product"
             return None
         ok, err = compare(expected, value, A, B, self.rtol)
         if not ok:
