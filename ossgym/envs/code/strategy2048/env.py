@@ -10,13 +10,16 @@ from ossgym.envs.code.base import CodeEnv, CodeTask, TaskConfig, check_seconds
 from ossgym.envs.code.strategy2048.judge import FAILED_ENDS, GamesDriver, game_seeds
 from ossgym.envs.game2048.engine import MAX_EXPONENT, MAX_SIZE, MIN_SIZE
 from ossgym.errors import ConfigError
-from ossgym.sandbox import Outcome, SandboxResult
+from ossgym.sandbox import DEFAULT_IMPORTS, Outcome, SandboxResult
 
 
 @dataclass(frozen=True)
 class Strategy2048Config(TaskConfig):
     """Options of GptOss2048-v0 (defaults in the table of :class:`GptOss2048Env`); shared ones in TaskConfig."""
 
+    #: the shared default plus ``time``, so a strategy can budget its search (the sandbox serves it a
+    #: read-only clock)
+    allowed_imports: frozenset[str] = DEFAULT_IMPORTS | {"time"}
     size: int = 4
     target: int = 2048
     num_games: int = 8
@@ -206,7 +209,7 @@ class GptOss2048Env(CodeEnv):
     max_stalled_moves     20        consecutive moves that change nothing before a game ends
     memory_mb             512       memory the evaluation may add
     liveness_wall_s       120.0     wall seconds before a stuck worker is killed (not a budget)
-    allowed_imports       math, random, itertools, functools, collections, heapq, operator, bisect
+    allowed_imports       math, random, itertools, functools, collections, heapq, operator, bisect, time
     ===================== ========= ========================================================
 
     Why 4x4 and not 6x6 as in public notebooks: on 6x6 a uniformly random policy reaches 2048 in about
