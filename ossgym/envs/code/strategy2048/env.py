@@ -137,14 +137,15 @@ class Strategy2048Task(CodeTask):
             lines.append(f"The evaluation failed ({why}).")
         ends: dict[str, int] = {}
         for g in games:
-            ends[str(g.end)] = ends.get(str(g.end), 0) + 1
+            ends[g.end or "not_played"] = ends.get(g.end or "not_played", 0) + 1
         lines.append("Game ends: " + ", ".join(f"{k} {v}" for k, v in sorted(ends.items())) + ".")
         for g in failed[:1]:
             lines.append(f"A game ended by {g.end} after {g.moves} moves: {g.detail}")
             if g.traceback:
                 lines.append(g.traceback[-600:])
         details = {
-            "games": [{"seed": g.seed, "moves": g.moves, "score": g.score, "max_tile": g.max_tile, "end": g.end}
+            "games": [{"seed": g.seed, "moves": g.moves, "score": g.score, "max_tile": g.max_tile,
+                       "end": g.end or "not_played"}
                       for g in games],
             "mean_score": sum(g.score for g in games) / len(games),
             "wins": round(wins * len(games)),
