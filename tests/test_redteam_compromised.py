@@ -110,7 +110,7 @@ for name, mod in list(sys.modules.items()):
 HONEST
 def strategy(board):
     x = 0
-    for i in range(200000):  # well over the 0.01 s per-move budget on any machine
+    for i in range(4000000):  # well over the 0.05 s per-move limit on any machine
         x += i
     return honest(board)
 '''
@@ -157,6 +157,8 @@ def matmul(A, B, seen={}):
     return honest(A, B)
 '''
 
+HEAP_MATMUL = FORGE_MATMUL.replace("    for fd in range(3, 64):", "    for fd in range(0):")
+
 LIE_MATMUL = '''
 import time, sys, threading
 for name in ("thread_time", "process_time", "monotonic", "perf_counter"):
@@ -186,17 +188,22 @@ def matmul(A, B):
 
 def test_matmul_attacks_earn_no_more_than_the_honest_reference(pool):
     task = MatmulTask(MatmulConfig(speed_trials=5))
-    sources = {"honest_naive": MATMUL_CORRECT["naive"], "honest_zip": MATMUL_CORRECT["zip"],
-               "forge_and_heap": _src(FORGE_MATMUL, NAIVE_BODY), "lie_about_time": _src(LIE_MATMUL, NAIVE_BODY)}
+    sources = {"honest_naive": MATMUL_CORRECT["naive"],
+               "forge_and_heap": _src(FORGE_MATMUL, NAIVE_BODY), "heap": _src(HEAP_MATMUL, NAIVE_BODY),
+               "lie_about_time": _src(LIE_MATMUL, NAIVE_BODY)}
     results = dict(zip(sources, score_batch(task, [as_completion(s) for s in sources.values()],
                                             [SEED] * len(sources), pool)))
-    naive, zip_ = results["honest_naive"], results["honest_zip"]
-    assert naive.details["correct"] and zip_.details["correct"]
-    for name in ("forge_and_heap", "lie_about_time"):
+    naive = results["honest_naive"]
+    assert naive.details["correct"]
+    for name in ("forge_and_heap", "heap", "lie_about_time"):
         r = results[name]
-        # each computes the naive product: at most what an honest, faster-than-naive function earns
-        assert r.reward < zip_.reward, (name, r.reward, zip_.reward, r.feedback)
-    assert results["forge_and_heap"].details["correct"]  # no driver or expected output in the worker
+        # each computes the naive product: no more than the honest naive reference earns, up to the speed
+        # measurement's noise (log2 0.5 = a factor 1.4, over 10 standard deviations of the measured spread)
+        assert r.reward <= naive.reward + 0.5, (name, r.reward, naive.reward, r.feedback)
+        assert r.components["speed"] <= 0.5, (name, r.feedback)
+    assert results["heap"].details["correct"]  # no driver or expected output in the worker's heap
+    # a forged frame is at most a (wrong) reply or a dead worker: never a correct, timed product
+    assert not results["forge_and_heap"].details["correct"]
 
 
 def test_caller_metadata_is_untouched_by_a_forging_worker(pool):

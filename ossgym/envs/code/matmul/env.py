@@ -18,6 +18,8 @@ from ossgym.sandbox import Outcome, SandboxResult
 class MatmulConfig(TaskConfig):
     """Options of GptOssMatmul-v0 (defaults in the table of :class:`GptOssMatmulEnv`); shared ones in TaskConfig."""
 
+    #: a matmul evaluation takes well under a second of CPU: a stuck worker is ended sooner than a 2048 one
+    liveness_wall_s: float = 30.0
     case_max_dim: int = 12
     speed_shape: tuple[int, int, int] = (48, 48, 48)
     speed_trials: int = 7
@@ -230,7 +232,7 @@ class GptOssMatmulEnv(CodeEnv):
     call_time_limit_s 0.1          CPU seconds per call of ``matmul`` (~25x the triple loop)
     time_budget_s     3.0          CPU seconds for the whole evaluation (caller-measured)
     memory_mb         512          memory the evaluation may add
-    liveness_wall_s   120.0        wall seconds before a stuck worker is killed (not a budget)
+    liveness_wall_s   30.0         wall seconds before a stuck worker is killed (not a budget)
     allowed_imports   math, random, itertools, functools, collections, heapq, operator, bisect
     correct_weight    1.0          +/- reward for (in)correctness
     speed_weight      1.0          weight of the clipped log2 speedup
