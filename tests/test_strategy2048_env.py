@@ -228,12 +228,12 @@ def test_policy_violation(pool, small_task):
 
 
 def test_runtime_error_in_some_games_costs_those_games(pool, small_task):
-    # Fails on the start board when its top row is empty (about half the games), else plays corner-ish.
+    # Fails on the start board when its top row holds a tile (about half the games), else plays on.
     src = """
 def strategy(board, seen={}):
     n = seen.get("calls", 0)
     seen["calls"] = n + 1
-    if sum(sum(r) for r in board) <= 8 and sum(board[0]) == 0:
+    if sum(sum(r) for r in board) <= 8 and sum(board[0]) != 0:
         return 1 // 0
     return "S" if n % 2 else "A"
 """
