@@ -120,9 +120,11 @@ def run_local(task: Any, fn: Callable, seed: int, **session_kw: Any) -> Any:
     driver = task.driver(seed)
     session_kw.setdefault("call_limit_s", task.call_time_limit_s)
     session = FakeSession(fn, task.handler, **session_kw)
-    driver(session)
-    baseline = None
+    partner, baseline = getattr(driver, "partner", None), None
     base = task.baseline(seed)
+    if partner is not None:  # a paired baseline (matmul): run its trusted source in-process too
+        driver.partner, base = None, (partner.source, partner.driver)
+    driver(session)
     if base is not None:
         ns: dict = {}
         exec(base[0], ns)  # noqa: S102 - the task's own trusted reference source

@@ -29,7 +29,7 @@ from ossgym.envs.code.references import (
 from ossgym.errors import ConfigError
 from ossgym.sandbox import Outcome, SandboxPool, SandboxResult
 
-FIDELITY_SEEDS = 12  # per correct reference; deterministic outcomes use fewer
+FIDELITY_SEEDS = 24  # per correct reference; deterministic outcomes use fewer
 NON_SPEED = ("format", "policy", "correctness", "crash")
 
 
@@ -79,7 +79,7 @@ def test_prompt_states_the_rules(task):
                    "when k = 0", "`B` is []", "no bools",
                    "you may import only bisect, collections, functools, heapq, itertools, math, operator, random",
                    "0.1 s of CPU time", "3 s", "fresh", "triple loop", "7 trials", "new values in every trial",
-                   "no numpy"):
+                   "No numpy"):
         assert needle in text, needle
 
 
@@ -139,7 +139,7 @@ def test_incorrect_references_are_rejected_with_the_failing_case_named(task, poo
     for name, (r,) in results.items():
         assert r.components["correctness"] == -1.0 and r.components["speed"] == 0.0, name
         assert "No speed reward" in r.feedback, name
-        assert CASE_NAME.search(r.feedback) or "speed trials stopped: trial " in r.feedback, (name, r.feedback)
+        assert CASE_NAME.search(r.feedback) or re.search(r"speed trial \d+: ", r.feedback), (name, r.feedback)
     assert "max relative error" in results["off_by_one"][0].feedback
     assert "row 0 is a tuple" in results["tuple_rows"][0].feedback
     assert "IndexError" in results["raises"][0].feedback and "line 2, in matmul" in results["raises"][0].feedback
@@ -340,7 +340,7 @@ def test_work_deferred_to_a_finalizer_is_timed_or_too_late(task, pool):
     assert all(r.details["correct"] and r.reward < zip_mean + 0.5 for r in results["deferred"])
     assert all(r.details["speedup"] < 4 for r in results["deferred"])  # the deferred work was on the clock
     for r in results["cyclic"]:
-        assert r.components["correctness"] == -1.0 and "trial 0: row 0 has 0 entries" in r.feedback
+        assert r.components["correctness"] == -1.0 and "speed trial 0: invalid result, row 0 has 0 entries" in r.feedback
 
 
 HANGS_IN_GC = '''
@@ -363,12 +363,14 @@ def matmul(A, B):
 '''
 
 
-def test_an_evaluation_that_dies_is_a_crash_and_earns_nothing(task, pool):
-    """Code that hangs outside any call (in a finalizer a gc runs) is killed at the total limit."""
-    (r,) = run(task, pool, {"hangs": HANGS_IN_GC}, [93])["hangs"]
-    assert r.outcome == Outcome.TIMEOUT.value and r.components["crash"] == -1.0
-    assert r.components["correctness"] == -1.0 and r.components["speed"] == 0.0
-    assert "all 9 correctness cases passed" in r.feedback and "total limit" in r.feedback
+def test_work_left_to_a_finalizer_earns_nothing_extra(task, pool):
+    """Code that leaves a hang in a finalizer: if a gc runs it inside a request, the caller's CPU clock counts
+    it (the call times out or the liveness limit ends the worker: incorrect); if no gc runs it, it never
+    runs at all. Either way the function earns at most what its plain products earn (it is zip)."""
+    results = run(task, pool, {"hangs": HANGS_IN_GC, "zip": MATMUL_CORRECT["zip"]}, [93])
+    (r,), (z,) = results["hangs"], results["zip"]
+    assert r.details["correct"] or (r.components["correctness"] == -1.0 and r.components["speed"] == 0.0)
+    assert r.components["speed"] <= z.components["speed"] + 0.5
 
 
 def test_options_and_revisions_across_turns(pool):

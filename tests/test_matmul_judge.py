@@ -54,7 +54,7 @@ def test_incorrect_references_are_caught_by_the_callers_own_products():
 
 def test_speed_is_baseline_cpu_over_function_cpu_measured_by_the_caller():
     t = task(speed_trials=3)
-    d, base = t.driver(1), t.driver(1, baseline=True)
+    d, base = t.driver(1, paired=False), t.driver(1, baseline=True)
     fn = source_fn(MATMUL_CORRECT["fast_map"])
     d(FakeSession(fn, HANDLER, call_limit_s=0.1, cost_s=0.001))
     base(FakeSession(source_fn(MATMUL_CORRECT["naive"]), HANDLER, call_limit_s=0.1, cost_s=0.004))
@@ -71,14 +71,14 @@ def test_a_worker_cannot_report_its_own_time():
     def respond(request):
         return product(request), 0.004  # correct, at the naive speed
 
-    d = t.driver(2)
+    d = t.driver(2, paired=False)
     d(HostileSession(respond))
     base = t.driver(2, baseline=True)
     base(HostileSession(respond))
     components, _, details = t.judge(OK, d, base)
     assert details["speedup"] == pytest.approx(1.0)
     # forged "fast" replies carrying a timing field are not a matrix: incorrect
-    d = t.driver(2)
+    d = t.driver(2, paired=False)
     d(HostileSession(lambda r: ({"fn_s": 1e-9, "value": product(r)}, 1e-4)))
     assert t.judge(OK, d, base)[0]["correctness"] == -1.0
 
@@ -86,7 +86,7 @@ def test_a_worker_cannot_report_its_own_time():
 def test_the_worker_never_gets_an_expected_output_or_a_seed():
     t = task(speed_trials=2)
     seen = []
-    d = t.driver(4)
+    d = t.driver(4, paired=False)
     d(HostileSession(lambda r: (seen.append(r) or product(r), 1e-4)))
     assert all(set(r) == {"A", "B", "shape"} for r in seen)
     assert len(seen) == len(t.cases(4)) + 2
@@ -94,17 +94,17 @@ def test_the_worker_never_gets_an_expected_output_or_a_seed():
 
 def test_slow_call_and_budget_are_caller_measured():
     t = task(call_time_limit_s=0.05, time_budget_s=0.5)
-    d = t.driver(0)
+    d = t.driver(0, paired=False)
     d(HostileSession(lambda r: (product(r), 0.2)))  # each request costs 0.2 s of CPU
     assert not d.correct and "timed out" in d.problem
-    d = t.driver(0)
+    d = t.driver(0, paired=False)
     d(HostileSession(lambda r: (product(r), 0.06)))  # within the call limit, over the total
     assert not d.correct and "more than its 0.5 s" in d.problem
 
 
 def test_failed_session_is_a_crash_and_incorrect():
     t = task()
-    d = t.driver(0)
+    d = t.driver(0, paired=False)
     d(HostileSession(lambda r: (None, 1e-4), fail="crash"))
     components, feedback, _ = t.judge(OK, d, None)
     assert components["crash"] == t.weights.crash and components["correctness"] == -1.0

@@ -200,7 +200,9 @@ def test_matmul_attacks_earn_no_more_than_the_honest_reference(pool):
         # each computes the naive product: no more than the honest naive reference earns, up to the speed
         # measurement's noise (log2 0.5 = a factor 1.4, over 10 standard deviations of the measured spread)
         assert r.reward <= naive.reward + 0.5, (name, r.reward, naive.reward, r.feedback)
-        assert r.components["speed"] <= 0.5, (name, r.feedback)
+        # (in this mode every completion runs unrestricted, so an honest naive one measures above 1x against
+        # the trusted, restricted baseline too: compare with it, not with 1x)
+        assert r.components["speed"] <= naive.components["speed"] + 0.5, (name, r.feedback, naive.feedback)
     assert results["heap"].details["correct"]  # no driver or expected output in the worker's heap
     # a forged frame is at most a (wrong) reply or a dead worker: never a correct, timed product
     assert not results["forge_and_heap"].details["correct"]

@@ -268,6 +268,9 @@ class CodeTask(ABC):
     def driver(self, seed: int) -> Callable[[Any], Any]:
         """A fresh caller-side driver for evaluation seed ``seed``: ``driver(session)`` runs the evaluation."""
 
+    #: run :meth:`baseline` once per completion, beside it (paired timings), instead of once per seed
+    baseline_per_completion: bool = False
+
     def baseline(self, seed: int) -> tuple[str, Callable[[Any], Any]] | None:
         """A trusted (source, driver) to run beside the completions of seed ``seed``, or None (default)."""
         return None
@@ -367,17 +370,25 @@ def score_batch(
         driver = task.driver(seed)
         jobs.append((extraction.source, task.sandbox_task(seed), driver))
         owners.append((i, seed, driver, extraction))
-    baselines: dict[int, Any] = {}
-    for seed in dict.fromkeys(seed for _, seed, _, _ in owners):
-        base = task.baseline(seed)
-        if base is not None:
-            source, driver = base
-            baselines[seed] = driver
-            jobs.append((source, task.sandbox_task(seed), driver))
-    if jobs:
-        sandbox_results = run_drivers(pool, jobs)
-        for (i, seed, driver, extraction), result in zip(owners, sandbox_results):
-            results[i] = _judged(task, result, driver, baselines.get(seed), extraction)
+    # Baselines: one per distinct seed, or (``baseline_per_completion``) one per completion, queued right
+    # after it so the two run side by side and see the same load (their timings are paired).
+    baselines: dict[Any, Any] = {}
+    ordered: list[tuple[str, SandboxTask, Callable[[Any], Any]]] = []
+    slots: list[int] = []
+    for k, (job, (i, seed, _driver, _ex)) in enumerate(zip(jobs, owners)):
+        slots.append(len(ordered))
+        ordered.append(job)
+        key = i if task.baseline_per_completion else seed
+        if key not in baselines:
+            base = task.baseline(seed)
+            baselines[key] = None if base is None else base[1]
+            if base is not None:
+                ordered.append((base[0], task.sandbox_task(seed), base[1]))
+    if ordered:
+        sandbox_results = run_drivers(pool, ordered)
+        for slot, (i, seed, driver, extraction) in zip(slots, owners):
+            key = i if task.baseline_per_completion else seed
+            results[i] = _judged(task, sandbox_results[slot], driver, baselines.get(key), extraction)
     return results  # type: ignore[return-value]
 
 

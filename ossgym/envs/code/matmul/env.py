@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ossgym.envs.code.base import CodeEnv, CodeTask, TaskConfig, check_seconds
-from ossgym.envs.code.matmul.judge import DEFAULT_RTOL, MatmulDriver, correctness_cases
+from ossgym.envs.code.matmul.judge import DEFAULT_RTOL, MatmulDriver, PairedBaseline, correctness_cases
 from ossgym.envs.code.matmul.references import NAIVE_SOURCE
 from ossgym.errors import ConfigError
 from ossgym.sandbox import Outcome, SandboxResult
@@ -115,15 +115,16 @@ class MatmulTask(CodeTask):
         """The correctness cases of evaluation seed ``seed`` (built by the caller, one-way from the seed)."""
         return correctness_cases(self.derived_seed("cases", seed), self.config.case_max_dim)
 
-    def driver(self, seed: int, baseline: bool = False) -> MatmulDriver:
+    def driver(self, seed: int, baseline: bool = False, paired: bool = True) -> MatmulDriver:
+        """The completion's driver, with its paired trusted baseline (``paired``); ``baseline=True``: the
+        baseline's own driver."""
         c = self.config
-        return MatmulDriver([] if baseline else self.cases(seed), self.derived_seed("speed", seed),
-                            trials=c.speed_trials, shape=c.speed_shape, rtol=c.rtol,
-                            call_time_limit_s=c.call_time_limit_s, time_budget_s=c.time_budget_s, baseline=baseline)
-
-    def baseline(self, seed: int) -> tuple[str, MatmulDriver]:
-        """The trusted triple loop, timed on the same inputs through the same machinery in its own worker."""
-        return NAIVE_SOURCE, self.driver(seed, baseline=True)
+        d = MatmulDriver([] if baseline else self.cases(seed), self.derived_seed("speed", seed),
+                         trials=c.speed_trials, shape=c.speed_shape, rtol=c.rtol,
+                         call_time_limit_s=c.call_time_limit_s, time_budget_s=c.time_budget_s, baseline=baseline)
+        if paired and not baseline:
+            d.partner = PairedBaseline(NAIVE_SOURCE, self.sandbox_task(seed), self.driver(seed, baseline=True))
+        return d
 
     def judge(self, result: SandboxResult, driver: Any, baseline: Any = None) -> tuple[dict[str, float], str, dict]:
         """Correct everywhere (checked by the driver against the caller's products), then timed against the baseline."""
@@ -144,11 +145,16 @@ class MatmulTask(CodeTask):
                                      else "the evaluation did not start")
             lines.append(f"The evaluation failed ({why}).")
         if not correct:
-            lines.append(f"Not correct: {driver.problem or 'the evaluation did not finish'}")
+            problem = driver.problem or "the evaluation did not finish"
+            if ncases and driver.case_status.count("ok") == ncases:
+                problem = f"all {ncases} correctness cases passed, but {problem}"
+            lines.append(f"Not correct: {problem}")
             if driver.traceback:
                 lines.append(driver.traceback)
             lines.append("No speed reward: speed counts only for a function that is correct everywhere.")
             return components, "\n".join(lines), details
+        if baseline is None and driver.partner is not None:
+            baseline = driver.partner.driver
         base_ok = baseline is not None and baseline.correct and len(baseline.trial_cpu_s) == len(driver.trial_cpu_s)
         ratios = [b / f for b, f in zip(baseline.trial_cpu_s, driver.trial_cpu_s) if f > 0] if base_ok else []
         if not ratios or len(ratios) != c.speed_trials:

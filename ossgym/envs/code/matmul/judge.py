@@ -20,7 +20,11 @@ the result is ``n`` empty rows.
 
 from __future__ import annotations
 
+import atexit
 import functools
+import os
+import queue
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +77,8 @@ class MatmulDriver:
     call_time_limit_s: float = 0.1
     time_budget_s: float = 5.0
     baseline: bool = False
+    #: the trusted baseline, timed trial by trial beside this driver's calls (see :class:`PairedBaseline`)
+    partner: Any = None
     #: per case: "ok" or why not (filled as the cases run)
     case_status: list[str] = field(init=False, default_factory=list)
     #: caller-measured CPU seconds of each speed call that returned a correct product
@@ -136,12 +142,90 @@ class MatmulDriver:
                     self.case_status.append(self.problem or "failed")
                     return self.summary()
                 self.case_status.append("ok")
-        for t, (A, B, expected) in enumerate(speed_set(self.speed_seed, self.trials, self.shape)):
-            used = self._call(session, A, B, expected, f"speed trial {t}")
-            if used is None:
-                break
-            self.trial_cpu_s.append(used)
+        partner = self.partner
+        if partner is not None:
+            partner.start()
+        try:
+            for t, (A, B, expected) in enumerate(speed_set(self.speed_seed, self.trials, self.shape)):
+                if partner is not None and t % 2:  # alternate which side goes first
+                    partner.time(t)
+                used = self._call(session, A, B, expected, f"speed trial {t}")
+                if partner is not None and not t % 2:
+                    partner.time(t)
+                if used is None:
+                    break
+                self.trial_cpu_s.append(used)
+        finally:
+            if partner is not None:
+                partner.stop()
         return self.summary()
+
+    def time_trial(self, session: Any, t: int) -> None:
+        """Baseline side: run speed trial ``t`` once (its CPU time goes to ``trial_cpu_s``)."""
+        A, B, expected = speed_set(self.speed_seed, self.trials, self.shape)[t]
+        used = self._call(session, A, B, expected, f"baseline trial {t}")
+        if used is not None:
+            self.trial_cpu_s.append(used)
 
     def summary(self) -> dict:
         return {"cases": list(self.case_status), "trial_cpu_s": list(self.trial_cpu_s), "problem": self.problem}
+
+
+_baseline_pools: dict[int, Any] = {}
+_baseline_lock = threading.Lock()
+
+
+def baseline_pool() -> Any:
+    """The process's pool for trusted baselines (apart from the completions' pool, so a completion holding a
+    slot of its own pool can always get a baseline worker beside it: no wait on itself)."""
+    from ossgym.sandbox import SandboxPool
+
+    with _baseline_lock:
+        pool = _baseline_pools.get(os.getpid())
+        if pool is None or pool._closed:
+            pool = _baseline_pools[os.getpid()] = SandboxPool()
+            atexit.register(pool.close)
+        return pool
+
+
+class PairedBaseline:
+    """The trusted baseline (its own worker, trusted source) timed trial by trial right beside the
+    completion's calls: for every speed trial the caller sends the same inputs to the baseline's worker
+    just before or just after the completion's, so both measurements see the same load (the pair's
+    requests alternate, only one of the two computes at a time)."""
+
+    def __init__(self, source: str, task: Any, driver: MatmulDriver) -> None:
+        self.source, self.task, self.driver = source, task, driver
+        self._todo: queue.Queue = queue.Queue()
+        self._done: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.result: Any = None
+
+    def _drive(self, session: Any) -> None:
+        self.driver.started = True
+        while True:
+            t = self._todo.get()
+            if t is None:
+                return
+            self.driver.time_trial(session, t)
+            self._done.put(t)
+
+    def start(self) -> None:
+        def run() -> None:
+            self.result = baseline_pool().run(self.source, self.task, self._drive)
+            self._done.put(None)  # the worker ended (or never started): stop waiting
+
+        self._thread = threading.Thread(target=run, name="ossgym-baseline", daemon=True)
+        self._thread.start()
+
+    def time(self, t: int) -> None:
+        """Time trial ``t`` on the baseline's worker and wait for it."""
+        if self._thread is None or not self._thread.is_alive():
+            return
+        self._todo.put(t)
+        self._done.get()
+
+    def stop(self) -> None:
+        self._todo.put(None)
+        if self._thread is not None:
+            self._thread.join()
