@@ -199,8 +199,9 @@ class GptOssMatmulEnv(CodeEnv):
       cannot pay); every product is checked in full against the caller's. Each call is timed as the
       worker's CPU time read by the caller from outside the worker (``Session.last_cpu_s``), so nothing the
       code does can change its own clock. The baseline is the plain triple loop, trusted source run in a
-      worker of its own through the same machinery on the same inputs, in the same batch. The speedup is
-      the median over trials of baseline CPU / function CPU (a naive submission measures about 1x).
+      worker of its own through the same machinery on the same inputs, each trial sent to it right beside
+      the completion's (alternating which goes first), so both see the same load. The speedup is the
+      median over trials of baseline CPU / function CPU (a naive submission measures about 1x).
 
     Speed counts only when every case and every trial is correct and the evaluation finished; a call that
     raises, times out, returns a wrong or mistyped value, or runs out of the CPU budget makes the

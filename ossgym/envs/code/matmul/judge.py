@@ -9,9 +9,12 @@ trusted value on the left), and times each speed call as the worker's CPU time r
 outside (``session.last_cpu_s``). The worker never sees an expected output, a seed or a clock that counts.
 
 The speed baseline is the plain triple loop (``references.NAIVE_SOURCE``), trusted source run through the
-same sandbox machinery in a worker of its own on the same inputs (:meth:`MatmulDriver` with
-``baseline=True``): both sides pay the same request overhead and the same restricted compilation, so the
-naive reference measures 1x. The speedup is the median over trials of baseline CPU / function CPU.
+same sandbox machinery in a worker of its own (from a separate baseline pool) on the same inputs, paired
+trial by trial with the completion's calls (:class:`PairedBaseline`): for each speed trial the caller sends
+the same matrices to the baseline's worker right before or right after the completion's (alternating), so
+both CPU times are measured under the same load. Both sides pay the same request overhead and the same
+restricted compilation, so the naive reference measures 1x. The speedup is the median over trials of
+baseline CPU / function CPU.
 
 Shapes: ``A`` is ``n`` rows of ``k`` numbers, ``B`` is ``k`` rows of ``m`` numbers, the result is ``n``
 rows of ``m`` numbers. When ``k == 0``, ``A`` is ``n`` empty rows and ``B`` is ``[]``; then ``m`` is 0 and
