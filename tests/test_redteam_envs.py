@@ -303,7 +303,10 @@ def run_batch(pool: SandboxPool, task, sources: dict[str, str], honest_source: s
         if pid is not None:
             assert not left_behind(pid), name
     children_after = {c.pid for c in psutil.Process().children() if c.status() != psutil.STATUS_ZOMBIE}
-    assert children_after - children_before <= {template_pid(pool)}
+    from ossgym.envs.code.matmul.judge import _baseline_pools  # matmul's trusted baseline pool, if started
+
+    baseline_templates = {template_pid(p) for p in _baseline_pools.values() if p._template is not None}
+    assert children_after - children_before <= {template_pid(pool)} | baseline_templates
     spares = [c for c in psutil.Process(template_pid(pool)).children(recursive=True)
               if c.status() != psutil.STATUS_ZOMBIE]
     assert len(spares) <= pool.workers  # only the idle spares the template keeps
@@ -359,7 +362,8 @@ def test_2048_harmless_variants_of_corner_score_exactly_corner(batch_2048, name)
 @pytest.mark.parametrize("name, outcome", [
     ("str_subclass_always_equal", "policy_violation"), ("numpy_str", "policy_violation"),
     ("numpy_scalar", "policy_violation"), ("sys_exit", "policy_violation"), ("swallow_timeout_base", "policy_violation"),
-    ("edit_perf_counter", "policy_violation"), ("kill_parent", "policy_violation"),
+    ("edit_perf_counter", "ok"),  # 2048 allows `time` now; the module is read-only, so every game is an error
+    ("kill_parent", "policy_violation"),
     ("write_canary", "policy_violation"), ("alloc_8gib_str", "memory_exceeded"),
 ])
 def test_2048_attack_outcomes(batch_2048, name, outcome):
@@ -367,7 +371,7 @@ def test_2048_attack_outcomes(batch_2048, name, outcome):
 
 
 @pytest.mark.parametrize("name", ["str_subclass_plain", "return_function", "mutate_board", "swallow_timeout_exception",
-                                  "edit_random_seed", "str_subclass_type3_eq"])
+                                  "edit_random_seed", "str_subclass_type3_eq", "edit_perf_counter"])
 def test_2048_attack_loses_every_game(batch_2048, name):
     r = batch_2048["results"][name]
     assert r.outcome == "ok"
