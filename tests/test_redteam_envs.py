@@ -274,20 +274,27 @@ def marker_processes() -> list[int]:
     return found
 
 
+def secrets(task) -> object:
+    """What the caller derives for SEED (game seeds, or cases and the speed seed): nothing may change it."""
+    if hasattr(task, "game_seeds"):
+        return task.game_seeds(SEED)
+    return task.cases(SEED), task.driver(SEED).speed_seed
+
+
 def run_batch(pool: SandboxPool, task, sources: dict[str, str], honest_source: str, canaries: dict[str, object]) -> dict:
     """Score every attack and the honest reference in one batch; check what every attack must keep."""
     names = list(sources)
     completions = [as_completion(sources[n]) for n in names] + [as_completion(honest_source)]
     seeds = [SEED] * len(completions)
     kept_completions, kept_seeds = list(completions), list(seeds)
-    payload_before = copy.deepcopy(task.payload(SEED))
+    driver_before = secrets(task)
     config_before = copy.deepcopy(task.config)
     before = caller_state()
     children_before = {c.pid for c in psutil.Process().children() if c.status() != psutil.STATUS_ZOMBIE}
     results = score_batch(task, completions, seeds, pool)  # must not raise, whatever the completions do
     assert caller_state() == before
     assert completions == kept_completions and seeds == kept_seeds
-    assert task.payload(SEED) == payload_before and task.config == config_before
+    assert secrets(task) == driver_before and task.config == config_before
     assert all(isinstance(r, ScoreResult) for r in results)
     # no process left behind: every worker that ran an attack is gone (a zombie awaits its reap at most),
     # the test process has no new children but the pool's template, and no attack-spawned process exists
@@ -296,7 +303,10 @@ def run_batch(pool: SandboxPool, task, sources: dict[str, str], honest_source: s
         if pid is not None:
             assert not left_behind(pid), name
     children_after = {c.pid for c in psutil.Process().children() if c.status() != psutil.STATUS_ZOMBIE}
-    assert children_after - children_before <= {template_pid(pool)}
+    from ossgym.envs.code.matmul.judge import _baseline_pools  # matmul's trusted baseline pool, if started
+
+    baseline_templates = {template_pid(p) for p in _baseline_pools.values() if p._template is not None}
+    assert children_after - children_before <= {template_pid(pool)} | baseline_templates
     spares = [c for c in psutil.Process(template_pid(pool)).children(recursive=True)
               if c.status() != psutil.STATUS_ZOMBIE]
     assert len(spares) <= pool.workers  # only the idle spares the template keeps
@@ -308,7 +318,7 @@ def run_batch(pool: SandboxPool, task, sources: dict[str, str], honest_source: s
 
 # --- GptOss2048-v0 ---------------------------------------------------------------------------------------------
 
-TASK_2048 = Strategy2048Task(Strategy2048Config(num_games=3, time_budget_s=3.0))
+TASK_2048 = Strategy2048Task(Strategy2048Config(num_games=3))
 
 
 @pytest.fixture(scope="module")
@@ -352,7 +362,8 @@ def test_2048_harmless_variants_of_corner_score_exactly_corner(batch_2048, name)
 @pytest.mark.parametrize("name, outcome", [
     ("str_subclass_always_equal", "policy_violation"), ("numpy_str", "policy_violation"),
     ("numpy_scalar", "policy_violation"), ("sys_exit", "policy_violation"), ("swallow_timeout_base", "policy_violation"),
-    ("edit_perf_counter", "policy_violation"), ("kill_parent", "policy_violation"),
+    ("edit_perf_counter", "ok"),  # 2048 allows `time` now; the module is read-only, so every game is an error
+    ("kill_parent", "policy_violation"),
     ("write_canary", "policy_violation"), ("alloc_8gib_str", "memory_exceeded"),
 ])
 def test_2048_attack_outcomes(batch_2048, name, outcome):
@@ -360,7 +371,7 @@ def test_2048_attack_outcomes(batch_2048, name, outcome):
 
 
 @pytest.mark.parametrize("name", ["str_subclass_plain", "return_function", "mutate_board", "swallow_timeout_exception",
-                                  "edit_random_seed", "str_subclass_type3_eq"])
+                                  "edit_random_seed", "str_subclass_type3_eq", "edit_perf_counter"])
 def test_2048_attack_loses_every_game(batch_2048, name):
     r = batch_2048["results"][name]
     assert r.outcome == "ok"
