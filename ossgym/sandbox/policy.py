@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import types
+import unicodedata  # noqa: F401 - the parser imports it lazily for non-ASCII identifiers; in the worker's
+#                     empty root nothing can be imported any more, so it is loaded with this module
 
 from ossgym.sandbox.result import Violation
 from ossgym.sandbox.task import SandboxTask
@@ -247,11 +249,15 @@ def analyze(source: str, task: SandboxTask) -> tuple[ast.Module | None, list[Vio
         return None, [Violation(e.lineno or 1, (e.offset or 1) - 1, f"syntax error: {e.msg}")]
     except (ValueError, RecursionError, MemoryError) as e:
         return None, [Violation(1, 0, f"syntax error: {type(e).__name__}: {e}")]
+    except Exception as e:  # noqa: BLE001 - whatever the parser raises on odd input is a typed result
+        return None, [Violation(1, 0, f"syntax error: the code could not be parsed ({type(e).__name__})")]
     checker = _Checker(task)
     try:
         checker.check_module(tree)
     except RecursionError:
         checker.add(tree, "the code is nested too deeply")
+    except Exception as e:  # noqa: BLE001 - a checker bug on odd input refuses the code, never crashes
+        checker.add(tree, f"the code could not be checked ({type(e).__name__})")
     return tree, checker.violations
 
 

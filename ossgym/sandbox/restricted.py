@@ -170,6 +170,15 @@ COMPILE_FLAGS = 0
 def compile_untrusted(tree: ast.Module) -> tuple[CodeType | None, list[Violation]]:
     """Compile a policy-checked tree with RestrictedPython's checks and explicit flags (no inherited
     futures); return the code or the violations. The tree is modified in place."""
+    try:
+        return _compile(tree)
+    except (RecursionError, MemoryError):
+        return None, [Violation(1, 0, "the code is too deeply nested or too large to compile")]
+    except Exception as e:  # noqa: BLE001 - odd input refuses the code (a typed result), never crashes
+        return None, [Violation(1, 0, f"the code could not be compiled ({type(e).__name__}: {str(e)[:200]})")]
+
+
+def _compile(tree: ast.Module) -> tuple[CodeType | None, list[Violation]]:
     ticks = _imports_time(tree)
     _Prepare(ticks=False).visit(tree)
     ast.fix_missing_locations(tree)
