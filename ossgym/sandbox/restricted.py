@@ -45,6 +45,10 @@ _DROPPED = {"operator": {"attrgetter", "methodcaller"}, "string": {"Formatter"},
             "functools": {"update_wrapper", "wraps", "singledispatch", "singledispatchmethod"},
             "collections": {"namedtuple", "UserString"}, "random": {"SystemRandom"},
             "array": set(), "copy": {"dispatch_table"}}
+# The same objects are dropped wherever a module re-exports them (functools and statistics hand out
+# collections.namedtuple, statistics hands out collections.Counter's module's namedtuple...): by identity.
+_DROPPED_OBJECTS = tuple(getattr(importlib.import_module(mod), name) for mod, names in _DROPPED.items()
+                         for name in names)
 # Modules of which the code sees only these members.
 _ONLY: dict[str, frozenset[str]] = {"copy": frozenset({"copy", "deepcopy", "Error"})}
 # typing is replaced by inert stand-ins (annotations are stripped before compilation, so they are only
@@ -297,6 +301,8 @@ def make_proxy(module: ModuleType, name: str, extra: dict[str, object] | None = 
     for key, value in vars(module).items():
         if key.startswith("_") or key in dropped or isinstance(value, ModuleType) or (only and key not in only):
             continue
+        if any(value is d for d in _DROPPED_OBJECTS):
+            continue
         if not (callable(value) or isinstance(value, _CONSTANT_TYPES) or _constant_tuple(value)):
             continue  # module state (dicts, lists, contexts, instances): not the code's to read or change
         if shared is not None and getattr(value, "__self__", None) is shared:
@@ -521,6 +527,7 @@ def make_globals(allowed_imports: frozenset[str], seed: int) -> dict[str, object
 
     if "random" in allowed_imports:
         module_proxy("random")[1].seed(seed)  # type: ignore[union-attr]
+    random.seed(seed)  # the module's own generator too: stdlib code the untrusted code calls may use it
     _work[0] = itertools.count()
     _serials[0] = itertools.count(1)
     safe = _SAFE_BUILTINS.copy()
