@@ -12,6 +12,12 @@ close to plain-Python speed:
 * ``_write_`` (attribute stores): refuses modules, module proxies and classes the code did not define.
   Item stores need no guard: nothing the code can reach has an item store that changes the interpreter.
 * ``_getitem_`` is ``operator.getitem``; ``_getiter_`` is ``iter``; sequence unpacking is native.
+
+Before RestrictedPython's checks every annotation is dropped, and the tree is compiled with explicit flags
+(``dont_inherit=True``: no future is inherited). ``time`` is a work-counting clock (``make_time_proxy``;
+ticks inserted only when the code imports time), ``typing`` inert names, ``hash``/``repr``/``random``
+address- and entropy-free. Why each module and builtin is allowed, and which class of gadget each rule
+closes: docs/python_layer.md.
 """
 
 from __future__ import annotations
