@@ -133,12 +133,12 @@ def random_after_call(fn, payload, ctx):  # noqa: ANN001, ANN201
 
 
 def escaped_forged_frames(fn, payload, ctx):  # noqa: ANN001, ANN201
-    """Write hand-made frames straight to the result pipe: a deeply nested record, or a huge frame."""
+    """Write hand-made frames straight to the worker's channel: a deeply nested record, or a huge frame."""
     import struct
 
     fd = max(int(x) for x in os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
-    if fd is None:  # chroot: no /proc; the result pipe is the only descriptor above 2 besides the ticker's
-        fd = next(f for f in range(3, 8) if _is_pipe(f))
+    if fd is None:  # chroot: no /proc; the channel is the only socket above 2
+        fd = next(f for f in range(3, 8) if _is_socket(f))
     if payload == "deep":
         body = b"[" * 200_000 + b"]" * 200_000
         os.write(fd, b"r" + struct.pack(">I", len(body)) + body)
@@ -151,11 +151,11 @@ def escaped_forged_frames(fn, payload, ctx):  # noqa: ANN001, ANN201
     os._exit(0)
 
 
-def _is_pipe(fd):  # noqa: ANN001, ANN202
+def _is_socket(fd):  # noqa: ANN001, ANN202
     import stat
 
     try:
-        return stat.S_ISFIFO(os.fstat(fd).st_mode)
+        return stat.S_ISSOCK(os.fstat(fd).st_mode)
     except OSError:
         return False
 

@@ -274,7 +274,7 @@ def test_escaped_attacker_is_contained(pool, canary_dir):
     assert probe["cwd_listing"] == []
     assert probe["write_file"].startswith("blocked")
     if root:  # the layers that need root to set up
-        assert probe["uid"] >= 200_000 and r.metadata["layers"]["chroot"] is True
+        assert probe["uid"] >= 200_000 and r.metadata["worker"]["layers"]["chroot"] is True
         again = attack(pool, canary_dir, "def f(x):\n    return 0\n", {OK}, harness="redteam_harnesses:escaped_probe")
         assert again.value["uid"] != probe["uid"]  # one uid per worker: workers cannot signal each other
         assert probe["fork"].startswith("blocked")

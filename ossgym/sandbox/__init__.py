@@ -36,13 +36,13 @@ Layers, each of which holds on its own (tests/test_sandbox_redteam.py attacks ea
 
 from ossgym.sandbox.context import CallTimeout, HarnessContext, InvalidOutput, TotalTimeout, UserError
 from ossgym.sandbox.policy import check_policy
-from ossgym.sandbox.pool import SandboxPool, default_pool
+from ossgym.sandbox.pool import Reply, SandboxPool, Session, default_pool
 from ossgym.sandbox.result import (Outcome, PlainDataError, SandboxResult, Violation, decode_plain, encode_plain,
                                    validate_plain)
 from ossgym.sandbox.task import DEFAULT_IMPORTS, SandboxTask
 
 __all__ = [
-    "CallTimeout", "DEFAULT_IMPORTS", "HarnessContext", "InvalidOutput", "Outcome", "PlainDataError",
+    "CallTimeout", "DEFAULT_IMPORTS", "HarnessContext", "InvalidOutput", "Outcome", "PlainDataError", "Reply", "Session",
     "SandboxPool", "SandboxResult", "SandboxTask", "TotalTimeout", "UserError", "Violation", "check_policy",
     "decode_plain", "default_pool", "encode_plain", "validate_plain",
 ]

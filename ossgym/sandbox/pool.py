@@ -7,6 +7,7 @@ because of the untrusted code, and nothing waits without a deadline.
 from __future__ import annotations
 
 import atexit
+import collections
 import json
 import logging
 import os
@@ -19,15 +20,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 from ossgym.errors import ConfigError, SandboxError
 from ossgym.sandbox.result import (Outcome, PlainDataError, SandboxResult, Violation, decode_plain,
                                    encode_plain)
 from ossgym.sandbox.task import SandboxTask
-from ossgym.sandbox.zygote import BOOT, frame, read_frame
+from ossgym.sandbox.protocol import EXIT_MEMORY, FROM_WORKER, REQUEST, frame, read_frame
+from ossgym.sandbox.zygote import BOOT
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +96,15 @@ class _Frames:
         self.checkpoint: bytes | None = None
         self.value: bytes | None = None
         self.record: bytes | None = None
+        self.messages: collections.deque[tuple[bytes, bytes]] = collections.deque()  # session frames v/e/l
+        self.eof = False
 
     def feed(self, data: bytes) -> None:
         self.buf += data
         while len(self.buf) >= 5 and self.record is None:
             kind = bytes(self.buf[:1])
             (n,) = struct.unpack(">I", self.buf[1:5])
-            if n > self.cap or kind not in (b"c", b"v", b"r"):
+            if n > self.cap or kind not in FROM_WORKER:
                 raise PlainDataError(f"worker sent a frame of {n} bytes (cap {self.cap}) or of unknown kind")
             if len(self.buf) < 5 + n:
                 return
@@ -108,10 +112,12 @@ class _Frames:
             del self.buf[:5 + n]
             if kind == b"c":
                 self.checkpoint = body
-            elif kind == b"v":
-                self.value = body
-            else:
+            elif kind == b"r":
                 self.record = body
+            else:
+                if kind == b"v":
+                    self.value = body
+                self.messages.append((kind, body))
 
 
 def _str(record: dict, key: str, cap: int = _STR_CAP) -> str | None:
@@ -130,6 +136,179 @@ def _signal_name(sig: int) -> str:
         return f"signal {sig}"
 
 
+@dataclass(frozen=True)
+class Reply:
+    """One reply of a :class:`Session`: ``ok`` and the handler's plain ``value``, or a failure ``kind``
+    ("timeout", "memory", "crash", "invalid", "error") with a ``message``."""
+
+    ok: bool
+    value: object = None
+    kind: str = ""
+    message: str = ""
+
+
+_REPLY_KINDS = frozenset({"timeout", "memory", "crash", "invalid", "error"})
+_FATAL_KIND = {Outcome.TIMEOUT: "timeout", Outcome.MEMORY_EXCEEDED: "memory", Outcome.INVALID_OUTPUT: "invalid"}
+
+
+class Session:
+    """The caller's handle on one worker running one untrusted program (``SandboxPool.run`` gives it to the
+    driver): plain requests in, plain replies out, re-validated with exact types and size caps.
+
+    ``cpu_s`` (since dispatch) and ``last_cpu_s`` (the last request) are the worker's CPU time read by the
+    caller from the kernel (the worker process's CPU clock), never a number the worker reports. A session
+    that dies (timeout at the liveness deadline, memory, crash, malformed frames) answers every further
+    request with a failed :class:`Reply` at once; ``fatal`` says how it died. Never raises because of the
+    worker.
+    """
+
+    def __init__(self, sock: socket.socket, pid: int, task: SandboxTask, deadline: float) -> None:
+        self._sock, self._fd, self.pid, self.task, self._deadline = sock, sock.fileno(), pid, task, deadline
+        self._cap = 13 * task.max_output_bytes + (64 << 10)
+        self.frames = _Frames(self._cap)
+        self.killed, self.bad, self.loaded, self.closed = False, None, False, False
+        self.fatal: tuple[Outcome, str, str | None] | None = None
+        self.requests = 0
+        self._cpu_clock = (~pid << 3) | 2  # CPUCLOCK_SCHED of the whole process (clock_getcpuclockid(pid))
+        self._cpu0 = self._worker_cpu() or 0.0
+        self.cpu_s = 0.0
+        self.last_cpu_s = 0.0
+
+    def _worker_cpu(self) -> float | None:
+        try:
+            return time.clock_gettime(self._cpu_clock)
+        except OSError:  # already reaped
+            return None
+
+    def _kill(self) -> None:
+        _kill_group(self.pid)
+
+    def _pump(self) -> bool:
+        """Read until a session message (v/e/l) is queued; False when the worker ended, broke the protocol
+        or ran past the deadline (then it is killed)."""
+        frames = self.frames
+        while not frames.messages:
+            if frames.record is not None or frames.eof or self.bad is not None:
+                return False
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                self.killed = True
+                self._kill()
+                return False
+            ready, _, _ = select.select([self._fd], [], [], left)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(self._fd, 1 << 20)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                frames.eof = True
+                return False
+            try:
+                frames.feed(chunk)
+            except PlainDataError as e:
+                self.bad = str(e)
+                self._kill()
+                return False
+        return True
+
+    def wait_loaded(self) -> bool:
+        """Wait for the worker to load the code; False if it ended instead (policy, syntax, load error)."""
+        if not self._pump():
+            return False
+        kind, _ = self.frames.messages.popleft()
+        if kind != b"l":
+            self.bad = "the worker answered before it was asked"
+            self._kill()
+            return False
+        self.loaded = True
+        return True
+
+    def wait_for_record(self) -> None:
+        """Worker-driven mode: read until the final record, EOF or the deadline."""
+        while self._pump():
+            self.frames.messages.clear()  # a harness sends only c/v frames: v is kept in frames.value
+
+    def _die(self) -> Reply:
+        """Record how the session died (once) and the failed reply that says so."""
+        if self.fatal is None:
+            if self.killed:
+                self.fatal = (Outcome.TIMEOUT, f"killed at the liveness limit of {self.task.total_timeout_s}s "
+                              "(wall clock)", "total")
+            elif self.bad is not None:
+                self.fatal = (Outcome.INVALID_OUTPUT, f"invalid output: {self.bad}", None)
+            elif self.frames.record is not None:
+                self.fatal = self._record_failure()
+            else:
+                self.fatal = (Outcome.CRASHED, "the worker died during the session", None)
+            self._kill()
+        outcome, message, _ = self.fatal
+        return Reply(False, None, _FATAL_KIND.get(outcome, "crash"), message)
+
+    def _record_failure(self) -> tuple[Outcome, str, str | None]:
+        try:
+            record = json.loads(self.frames.record)  # type: ignore[arg-type]
+            outcome = Outcome(record["outcome"])
+            message = record.get("message")
+            kind = record.get("timeout_kind")
+            return (Outcome.CRASHED if outcome is Outcome.OK else outcome,
+                    message[:_STR_CAP] if type(message) is str else "", kind if kind in ("call", "total") else None)
+        except Exception:  # noqa: BLE001 - a hostile record is typed too
+            return (Outcome.INVALID_OUTPUT, "invalid output: a malformed final record", None)
+
+    def request(self, data: object) -> Reply:
+        """Send plain ``data`` to the worker-side handler and wait for its reply (or the session's end)."""
+        if self.closed or self.fatal is not None or not self.loaded:
+            return self._die() if not self.closed else Reply(False, None, "crash", "the session is closed")
+        try:
+            body = encode_plain(data, _MAX_PAYLOAD_BYTES)
+        except PlainDataError as e:
+            raise ConfigError("data", str(e), "send plain data (None, bool, int, float, str, list, tuple, dict)") from None
+        start = self._worker_cpu()
+        self.requests += 1
+        try:
+            self._sock.settimeout(max(0.001, self._deadline - time.monotonic()))
+            self._sock.sendall(REQUEST + struct.pack(">I", len(body)) + body)
+        except TimeoutError:
+            self.killed = True
+            return self._after(start, self._die())
+        except OSError:
+            self.frames.eof = True
+        if not self._pump():
+            return self._after(start, self._die())
+        kind, body = self.frames.messages.popleft()
+        try:
+            if kind == b"v":
+                return self._after(start, Reply(True, decode_plain(body, self._cap)))
+            if kind == b"e":
+                info = json.loads(body)
+                k, msg = info.get("kind"), info.get("message")
+                if k in _REPLY_KINDS and type(msg) is str:
+                    return self._after(start, Reply(False, None, k, msg[:_STR_CAP]))
+            raise PlainDataError(f"an unexpected frame of kind {kind!r}")
+        except (Exception, RecursionError) as e:  # noqa: BLE001 - malformed replies end the session
+            self.bad = f"a malformed reply ({e})"[:500]
+            return self._after(start, self._die())
+
+    def _after(self, start: float | None, reply: Reply) -> Reply:
+        now = self._worker_cpu()
+        if now is not None:
+            self.last_cpu_s = now - start if start is not None else 0.0
+            self.cpu_s = now - self._cpu0
+        return reply
+
+    def close(self) -> None:
+        """End the worker (its whole process group) and the channel."""
+        if not self.closed:
+            self.closed = True
+            now = self._worker_cpu()
+            if now is not None:
+                self.cpu_s = now - self._cpu0
+            self._kill()
+            self._sock.close()
+
+
 class SandboxPool:
     """A bounded, thread-safe pool of sandbox workers (forked per evaluation from one warm template).
 
@@ -137,12 +316,15 @@ class SandboxPool:
     context manager or call ``close()``.
     """
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, *, compromised_for_tests: bool = False) -> None:
         if workers is None:
             workers = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         if type(workers) is not int or workers < 1:
             raise ConfigError("workers", f"{workers!r} is not a positive int", "use e.g. 2, or None for one per core")
         self.workers = workers
+        #: TEST-ONLY: run untrusted sources as ordinary Python (no policy, no RestrictedPython) inside the
+        #: same OS isolation, to show that an escaped Python layer still earns and reaches nothing.
+        self.compromised_for_tests = compromised_for_tests is True
         self._lock = threading.Lock()
         self._slots: queue.SimpleQueue[int] = queue.SimpleQueue()
         for i in range(workers):
@@ -208,29 +390,66 @@ class SandboxPool:
             pass
 
     # --- evaluation --------------------------------------------------------------------------------
-    def evaluate(self, source: str, task: SandboxTask, payload: object = None) -> SandboxResult:
-        """Run ``source`` under ``task`` with ``payload`` in a fresh worker; always a typed result."""
+    def _refuse(self, source: object, task: object, start: float) -> SandboxResult | None:
+        """A typed result for a source that is not a str or too long (checked before anything is sent)."""
         if not isinstance(task, SandboxTask):
             raise ConfigError("task", f"{type(task).__name__} is not a SandboxTask", "pass a SandboxTask")
-        start = time.monotonic()
         if type(source) is not str or len(source) > task.max_source_bytes:
             why = "the source must be a str" if type(source) is not str else \
                 f"the source is longer than {task.max_source_bytes} bytes"
             return SandboxResult(Outcome.POLICY_VIOLATION, None, why, (Violation(1, 0, why),),
                                  wall_time_s=time.monotonic() - start)
+        return None
+
+    def _request(self, source: str, task: SandboxTask) -> bytes:
+        fields = asdict(task)
+        fields["allowed_imports"] = sorted(task.allowed_imports)
+        return json.dumps({"source": source, "task": fields, "trusted": task.trusted_code,
+                           "compromised": self.compromised_for_tests}).encode()
+
+    def evaluate(self, source: str, task: SandboxTask, payload: object = None) -> SandboxResult:
+        """Run ``source`` under a worker-driven ``task`` (a harness) with ``payload`` in a fresh worker;
+        always a typed result."""
+        start = time.monotonic()
+        refused = self._refuse(source, task, start)
+        if refused is not None:
+            return refused
+        if task.handler:
+            raise ConfigError("task", "a task with a handler is caller-driven", "use pool.run(source, task, driver)")
         try:
             payload_bytes = encode_plain(payload, _MAX_PAYLOAD_BYTES)
         except PlainDataError as e:
             raise ConfigError("payload", str(e), "pass plain data (None, bool, int, float, str, list, tuple, dict)") from None
-        fields = asdict(task)
-        fields["allowed_imports"] = sorted(task.allowed_imports)
-        request = json.dumps({"source": source, "task": fields, "harness": task.harness}).encode()
+        request = self._request(source, task)
         slot = self._slots.get()
         try:
-            result = self._run(slot, request, payload_bytes, task, start)
+            return self._run(slot, request, payload_bytes, task, start, None)
         finally:
             self._slots.put(slot)
-        return result
+
+    def run(self, source: str, task: SandboxTask, driver: Callable[[Session], object]) -> SandboxResult:
+        """Load ``source`` in a fresh worker beside ``task.handler`` and run ``driver(session)`` HERE, in the
+        caller: the driver keeps every secret and clock and sends the worker plain requests
+        (:meth:`Session.request`). The result's ``value`` is what the driver returned; its outcome is OK
+        unless the code did not load (policy, syntax, load error) or the session died (timeout, memory,
+        crash). The driver is not called when the code did not load. Always a typed result."""
+        start = time.monotonic()
+        refused = self._refuse(source, task, start)
+        if refused is not None:
+            return refused
+        if not task.handler:
+            raise ConfigError("task", "pool.run needs a caller-driven task",
+                              "give the SandboxTask a handler='module:function'")
+        request = self._request(source, task)
+        slot = self._slots.get()
+        try:
+            return self._run(slot, request, encode_plain(None, 64), task, start, driver)
+        finally:
+            self._slots.put(slot)
+
+    def run_batch(self, jobs: Sequence[tuple[str, SandboxTask, Callable[[Session], object]]]) -> list[SandboxResult]:
+        """:meth:`run` for many ``(source, task, driver)`` jobs at once, across the pool; results in order."""
+        return self._map(lambda job: self.run(job[0], job[1], job[2]), list(jobs))
 
     def evaluate_batch(self, items: Sequence[tuple], task: SandboxTask | None = None) -> list[SandboxResult]:
         """Evaluate items in parallel across the pool; results in the same order.
@@ -247,31 +466,35 @@ class SandboxPool:
                                   "pass task=SandboxTask(...) or items (source, payload, task)")
             else:
                 jobs.append((item[0], item[1], task))
+        return self._map(lambda job: self.evaluate(job[0], job[2], job[1]), jobs)
+
+    def _map(self, fn: Callable, jobs: list) -> list:
         if not jobs:
             return []
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="ossgym-sandbox")
             ex = self._executor
-        return list(ex.map(lambda job: self.evaluate(job[0], job[2], job[1]), jobs))
+        return list(ex.map(fn, jobs))
 
-    def _run(self, slot: int, request: bytes, payload: bytes, task: SandboxTask, start: float) -> SandboxResult:
+    def _run(self, slot: int, request: bytes, payload: bytes, task: SandboxTask, start: float,
+             driver: Callable[[Session], object] | None) -> SandboxResult:
         tpl = self._get_template()
         conn = tpl.conns[slot]
-        r, w = os.pipe()
+        mine, theirs = socket.socketpair()
         try:
             if tpl.reap_pending[slot]:  # the status of this slot's previous worker (normally already here)
                 tpl.reap_pending[slot] = False
                 read_frame(conn)
             try:
-                socket.send_fds(conn, [b"E"], [w])
+                socket.send_fds(conn, [b"E"], [theirs.fileno()])
                 conn.sendall(frame(request) + frame(payload))
             finally:
-                os.close(w)
+                theirs.close()
             reply = json.loads(read_frame(conn))
             tpl.served = True
         except (OSError, EOFError, ValueError) as e:
-            os.close(r)
+            mine.close()
             self._template_failed(tpl, f"no reply to a request: {e}")
             if not tpl.served:  # it never worked: a broken installation, not a bad evaluation
                 raise SandboxError(f"the sandbox template process failed to start ({e}); its error output "
@@ -279,10 +502,24 @@ class SandboxPool:
             return SandboxResult(Outcome.CRASHED, None, "the sandbox template process failed; it was replaced",
                                  wall_time_s=time.monotonic() - start)
         if "error" in reply:
-            os.close(r)
+            mine.close()
             raise SandboxError(str(reply["error"]))
         pid, isolation = int(reply["pid"]), reply.get("isolation", {})
-        frames, killed_at_deadline, bad_frames = self._read(r, pid, task, start)
+        # The evaluation's time starts now, at dispatch: not while it waited for a slot or for the template.
+        session = Session(mine, pid, task, time.monotonic() + task.total_timeout_s + grace_s(task))
+        driven, driver_error = None, None
+        try:
+            if driver is None:
+                session.wait_for_record()
+            elif session.wait_loaded():
+                try:
+                    driven = driver(session)
+                except Exception as e:  # noqa: BLE001 - a trusted driver's bug must not take the batch down
+                    log.exception("sandbox: the caller-side driver raised")
+                    driver_error = f"the caller-side driver raised {type(e).__name__}: {e}"
+        finally:
+            session.close()
+        frames, killed_at_deadline, bad_frames = session.frames, session.killed, session.bad
         status = None
         try:
             conn.sendall(b"R" + frame(json.dumps({"pid": pid}).encode()))
@@ -294,36 +531,19 @@ class SandboxPool:
             self._template_failed(tpl, f"no reap reply: {e}")
         wall = time.monotonic() - start
         meta = {"isolation": isolation, "worker_pid": pid, "killed_at_deadline": killed_at_deadline,
-                "exit_status": status}
-        return self._build(frames, bad_frames, killed_at_deadline, status, task, wall, meta)
-
-    def _read(self, r: int, pid: int, task: SandboxTask, start: float) -> tuple[_Frames, bool, str | None]:
-        """Read frames until the record arrives, EOF, or the deadline; the process group dies in any case."""
-        cap = 13 * task.max_output_bytes + (64 << 10)
-        frames = _Frames(cap)
-        deadline = start + task.total_timeout_s + grace_s(task)
-        killed, bad = False, None
-        try:
-            while frames.record is None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    killed = True
-                    break
-                ready, _, _ = select.select([r], [], [], left)
-                if not ready:
-                    continue
-                chunk = os.read(r, 1 << 20)
-                if not chunk:
-                    break
-                try:
-                    frames.feed(chunk)
-                except PlainDataError as e:
-                    bad = str(e)
-                    break
-        finally:
-            _kill_group(pid)
-            os.close(r)
-        return frames, killed, bad
+                "exit_status": status, "worker_cpu_s": session.cpu_s}
+        if driver is None:
+            return self._build(frames, bad_frames, killed_at_deadline, status, task, wall, meta)
+        meta["requests"] = session.requests
+        if not session.loaded:  # the code never loaded: policy, syntax, load error, or the worker died
+            return self._build(frames, bad_frames, killed_at_deadline, status, task, wall, meta)
+        if driver_error is not None:
+            return SandboxResult(Outcome.CRASHED, driven, driver_error, wall_time_s=wall, metadata=meta)
+        failure = session.fatal
+        if failure is None:
+            return SandboxResult(Outcome.OK, driven, "ok", wall_time_s=wall, metadata=meta)
+        outcome, message, timeout_kind = failure
+        return SandboxResult(outcome, driven, message, timeout_kind=timeout_kind, wall_time_s=wall, metadata=meta)
 
     def _build(self, frames: _Frames, bad: str | None, killed: bool, status: int | None, task: SandboxTask,
                wall: float, meta: dict) -> SandboxResult:
@@ -355,7 +575,7 @@ class SandboxPool:
             hint = " (possibly out of memory)" if sig == signal.SIGKILL else ""
             return SandboxResult(Outcome.CRASHED, checkpoint, f"the worker was killed by {_signal_name(sig)}{hint}",
                                  wall_time_s=wall, metadata=meta)
-        if status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 77:  # worker.EXIT_MEMORY
+        if status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_MEMORY:
             return SandboxResult(Outcome.MEMORY_EXCEEDED, checkpoint, "the worker ran out of memory",
                                  wall_time_s=wall, metadata=meta)
         code = os.WEXITSTATUS(status) if status is not None and os.WIFEXITED(status) else None
@@ -390,7 +610,7 @@ class SandboxPool:
             error_type=_str(record, "error_type", 200), traceback=_str(record, "traceback"),
             timeout_kind=timeout_kind, stdout=_str(record, "stdout", 4 * cap) or "",
             stderr=_str(record, "stderr", 4 * cap) or "", wall_time_s=wall,
-            metadata={**meta, **{k: v for k, v in worker_meta.items() if type(k) is str}})
+            metadata={**meta, "worker": {k: v for k, v in worker_meta.items() if type(k) is str}})
 
 
 _default: SandboxPool | None = None

@@ -29,15 +29,18 @@ VETTED_IMPORTS = frozenset({
 class SandboxTask:
     """One kind of evaluation: the required function, the trusted harness that calls it, and limits.
 
-    ``harness`` is ``"module.path:function"`` of trusted code imported inside the worker; it is called as
-    ``harness(fn, payload, ctx)`` and returns plain data. ``call_timeout_s`` limits the CPU time of each
+    Exactly one of two modes. Caller-driven (``handler``, what the code tasks use): ``handler`` is
+    ``"module.path:function"`` of trusted code imported inside the worker, called as
+    ``handler(fn, request, ctx)`` for every request the caller's driver sends through its Session (see
+    ``SandboxPool.run``); the caller keeps every secret and clock. Worker-driven (``harness``, the older
+    mode): ``harness(fn, payload, ctx)`` is called once and returns plain data. ``call_timeout_s`` limits the CPU time of each
     call (so a loaded machine does not cause timeouts); ``total_timeout_s`` is wall clock for the whole
     evaluation. ``memory_mb`` is the address space the evaluation may add on top of the warm worker's own.
     ``seed`` seeds the ``random`` module the untrusted code sees.
     """
 
     entrypoint: str
-    harness: str
+    harness: str = ""
     allowed_imports: frozenset[str] = DEFAULT_IMPORTS
     call_timeout_s: float = 0.05
     total_timeout_s: float = 5.0
@@ -45,13 +48,23 @@ class SandboxTask:
     max_output_bytes: int = 1 << 20
     max_source_bytes: int = 100_000
     seed: int = 0
+    handler: str = ""
+
+    @property
+    def trusted_code(self) -> str:
+        """The "module:function" of the trusted worker-side code (the handler, else the harness)."""
+        return self.handler or self.harness
 
     def __post_init__(self) -> None:
         if type(self.entrypoint) is not str or not self.entrypoint.isidentifier() or self.entrypoint.startswith("_"):
             raise ConfigError("entrypoint", f"{self.entrypoint!r} is not a public identifier", "use e.g. 'strategy'")
-        mod, sep, fn = self.harness.partition(":") if type(self.harness) is str else ("", "", "")
+        if type(self.harness) is not str or type(self.handler) is not str or bool(self.harness) == bool(self.handler):
+            raise ConfigError("handler", "give exactly one of handler= (caller-driven sessions) and harness=",
+                              "e.g. SandboxTask(entrypoint='strategy', handler='mypkg.worker_side:handle')")
+        name = "handler" if self.handler else "harness"
+        mod, sep, fn = self.trusted_code.partition(":")
         if not sep or not fn.isidentifier() or not all(p.isidentifier() for p in mod.split(".")):
-            raise ConfigError("harness", f"{self.harness!r} is not 'module.path:function'",
+            raise ConfigError(name, f"{self.trusted_code!r} is not 'module.path:function'",
                               "name trusted code importable in the worker, e.g. 'ossgym.sandbox.testing:call_once'")
         if not isinstance(self.allowed_imports, (frozenset, set, tuple, list)):
             raise ConfigError("allowed_imports", "must be a set of module names", "pass a frozenset of names")

@@ -1,8 +1,9 @@
 """The code that runs in a sandbox worker process (a fork of the template): isolation and limits first,
 then policy check, restricted compile, load, the trusted harness, and results back as framed plain data.
 
-Frames on the result pipe: one kind byte, a 4-byte big-endian length, the body. ``c`` = checkpoint
-(encoded plain data), ``v`` = the harness's return value, ``r`` = the result record (JSON, last frame).
+Frames on the worker's channel are described in protocol.py. In a caller-driven session the worker sends
+``l`` once the code is loaded, then answers each ``q`` request with ``v`` (the handler's plain reply) or
+``e`` (a typed failure), until the caller closes the channel.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import os
 import resource
 import signal
 import socket
-import struct
 import sys
 from collections.abc import Callable
 
@@ -27,11 +27,8 @@ from ossgym.sandbox.policy import analyze
 from ossgym.sandbox.restricted import compile_untrusted, load_untrusted
 from ossgym.sandbox.result import Outcome, PlainDataError, decode_plain, encode_plain
 from ossgym.sandbox.task import SandboxTask
-from ossgym.sandbox.zygote import read_frame
-
-EXIT_OK = 0
-EXIT_MEMORY = 77
-EXIT_INTERNAL = 70
+from ossgym.sandbox.protocol import EXIT_INTERNAL, EXIT_MEMORY, EXIT_OK, REQUEST, read_frame, read_kinded, write_kinded
+from ossgym.sandbox.restricted import FILENAME
 FIRST_UID = 200_000  # workers started as root run as uids from here on, one per worker (no account needed)
 UID_RANGE = 60_000
 _MAX_OPEN_FILES = 8
@@ -82,12 +79,6 @@ class CappedText(io.TextIOBase):
     def text(self) -> str:
         out = "".join(self.parts).encode("utf-8", "replace")[: self.cap].decode("utf-8", "ignore")
         return out + (f"\n[... {self.dropped} characters dropped]" if self.dropped else "")
-
-
-def _write_frame(fd: int, kind: bytes, body: bytes) -> None:
-    data = memoryview(kind + struct.pack(">I", len(body)) + body)
-    while data:
-        data = data[os.write(fd, data):]
 
 
 def prepare(ctrl_fd: int, devnull_fd: int, workdir: str, uid: int) -> dict:
@@ -145,54 +136,116 @@ def evaluate(request: dict, payload: object, send: Callable[[bytes, bytes], None
     task = SandboxTask(**request["task"])
     source: str = request["source"]
     deadline = _clock() + task.total_timeout_s
-    tree, violations = analyze(source, task)
-    as_list = [[v.line, v.col, v.message] for v in violations]
-    if tree is None:
-        is_syntax = bool(violations) and violations[0].message.startswith("syntax error")
-        return _record(Outcome.SYNTAX_ERROR if is_syntax else Outcome.POLICY_VIOLATION,
-                       "; ".join(str(v) for v in violations[:5]), violations=as_list)
-    if violations:
-        return _record(Outcome.POLICY_VIOLATION, "; ".join(str(v) for v in violations[:5]), violations=as_list)
-    try:
-        code, violations = compile_untrusted(tree)
-    except (RecursionError, MemoryError, ValueError, SyntaxError) as e:  # pathological nesting or size
-        return _record(Outcome.POLICY_VIOLATION, f"the code could not be compiled: {type(e).__name__}",
-                       violations=[[1, 0, f"the code is too deeply nested or too large ({type(e).__name__})"]])
-    if code is None:
-        return _record(Outcome.POLICY_VIOLATION, "; ".join(str(v) for v in violations[:5]),
-                       violations=[[v.line, v.col, v.message] for v in violations])
+    code = None
+    if not request.get("compromised"):  # the test-only mode skips every Python-level layer
+        tree, violations = analyze(source, task)
+        as_list = [[v.line, v.col, v.message] for v in violations]
+        if tree is None:
+            is_syntax = bool(violations) and violations[0].message.startswith("syntax error")
+            return _record(Outcome.SYNTAX_ERROR if is_syntax else Outcome.POLICY_VIOLATION,
+                           "; ".join(str(v) for v in violations[:5]), violations=as_list)
+        if violations:
+            return _record(Outcome.POLICY_VIOLATION, "; ".join(str(v) for v in violations[:5]), violations=as_list)
+        try:
+            code, violations = compile_untrusted(tree)
+        except (RecursionError, MemoryError, ValueError, SyntaxError) as e:  # pathological nesting or size
+            return _record(Outcome.POLICY_VIOLATION, f"the code could not be compiled: {type(e).__name__}",
+                           violations=[[1, 0, f"the code is too deeply nested or too large ({type(e).__name__})"]])
+        if code is None:
+            return _record(Outcome.POLICY_VIOLATION, "; ".join(str(v) for v in violations[:5]),
+                           violations=[[v.line, v.col, v.message] for v in violations])
     lines = source.splitlines()
-    module, _, name = request["harness"].partition(":")
-    harness_module = importlib.import_module(module)
-    harness = getattr(harness_module, name)
-    if getattr(harness_module, "SANDBOX_AUDIT_HOOK", True):  # off only for test harnesses of single layers
-        audit.install(code)  # from here on exec/compile/import/open/os.*/frames... are denied (audit.py)
+    module, _, name = request["trusted"].partition(":")
+    trusted_module = importlib.import_module(module)
+    trusted = getattr(trusted_module, name)
+    if not request.get("compromised") and getattr(trusted_module, "SANDBOX_AUDIT_HOOK", True):
+        # pylayer: from here on exec/compile/import/open/os.*/frames... are denied (ossgym/sandbox/audit.py);
+        # off in the compromised test mode and for test harnesses that attack one layer alone
+        audit.install(code)  # type: ignore[arg-type]
+    return _run_loaded(request, task, code, lines, trusted, payload, send, deadline)
+
+
+def _load_unrestricted(source: str, entrypoint: str) -> Callable:
+    """TEST-ONLY (the pool's ``compromised_for_tests``): the source as ordinary Python with real builtins,
+    as if every Python-level layer had been escaped; the OS layers still hold."""
+    namespace: dict = {"__name__": "untrusted"}
+    exec(compile(source, FILENAME, "exec", dont_inherit=True), namespace)  # noqa: S102 - the point of the mode
+    return namespace[entrypoint]
+
+
+def _run_loaded(request: dict, task: SandboxTask, code: object, lines: list[str], trusted: Callable,
+                payload: object, send: Callable[[bytes, bytes], None], deadline: float) -> dict:
+    """Load the compiled untrusted module, then run the harness once or answer the session's requests."""
     try:
-        fn = guarded_call(load_untrusted, (code, task.allowed_imports, task.seed, task.entrypoint),
-                          task.total_timeout_s, deadline, lines)
+        if request.get("compromised"):
+            fn = guarded_call(_load_unrestricted, (request["source"], task.entrypoint), task.total_timeout_s,
+                              deadline, lines)
+        else:
+            fn = guarded_call(load_untrusted, (code, task.allowed_imports, task.seed, task.entrypoint),
+                              task.total_timeout_s, deadline, lines)
         ctx = HarnessContext(fn, task.call_timeout_s, deadline, task.max_output_bytes,
                              lambda data: send(b"c", data), lines)
-        value = harness(fn, payload, ctx)
+        if task.handler:
+            return _serve(trusted, fn, ctx, task, send)
+        value = trusted(fn, payload, ctx)
         encoded = encode_plain(value, task.max_output_bytes)
-    except CallTimeout as e:
-        return _record(Outcome.TIMEOUT, str(e), timeout_kind="call")
-    except (TotalTimeout, _Interrupt) as e:
-        kind = "total" if isinstance(e, TotalTimeout) else "call"
-        return _record(Outcome.TIMEOUT, f"the evaluation ran past its {kind} time limit", timeout_kind=kind)
-    except UserError as e:
-        outcome = Outcome.MEMORY_EXCEEDED if e.type_name == "MemoryError" else Outcome.RUNTIME_ERROR
-        return _record(outcome, f"{e.type_name}: {e.message}", error_type=e.type_name, traceback=e.traceback)
-    except (InvalidOutput, PlainDataError) as e:
-        return _record(Outcome.INVALID_OUTPUT, f"invalid output: {e}")
-    except MemoryError:
-        return _record(Outcome.MEMORY_EXCEEDED, "the evaluation ran out of memory")
-    except RecursionError as e:
-        return _record(Outcome.RUNTIME_ERROR, f"harness: RecursionError: {e}", error_type="RecursionError")
-    except Exception as e:  # noqa: BLE001 - a harness error (e.g. on odd user data) is a typed result too
-        return _record(Outcome.RUNTIME_ERROR, f"harness raised {type(e).__name__}: {str(e)[:500]}",
-                       error_type=type(e).__name__)
+    except BaseException as e:  # noqa: BLE001 - every way the evaluation can end becomes a typed record
+        return _failure_record(e)
     send(b"v", encoded)
     return _record(Outcome.OK, "ok")
+
+
+def _failure_record(e: BaseException) -> dict:
+    """The typed record of an evaluation ended by ``e``."""
+    if isinstance(e, CallTimeout):
+        return _record(Outcome.TIMEOUT, str(e), timeout_kind="call")
+    if isinstance(e, (TotalTimeout, _Interrupt)):
+        kind = "total" if isinstance(e, TotalTimeout) else "call"
+        return _record(Outcome.TIMEOUT, f"the evaluation ran past its {kind} time limit", timeout_kind=kind)
+    if isinstance(e, UserError):
+        outcome = Outcome.MEMORY_EXCEEDED if e.type_name == "MemoryError" else Outcome.RUNTIME_ERROR
+        return _record(outcome, f"{e.type_name}: {e.message}", error_type=e.type_name, traceback=e.traceback)
+    if isinstance(e, (InvalidOutput, PlainDataError)):
+        return _record(Outcome.INVALID_OUTPUT, f"invalid output: {e}")
+    if isinstance(e, MemoryError):
+        return _record(Outcome.MEMORY_EXCEEDED, "the evaluation ran out of memory")
+    if isinstance(e, RecursionError):
+        return _record(Outcome.RUNTIME_ERROR, f"harness: RecursionError: {e}", error_type="RecursionError")
+    if isinstance(e, (SystemExit, KeyboardInterrupt, GeneratorExit)):
+        return _record(Outcome.CRASHED, f"the evaluation ended by {type(e).__name__}")
+    # a harness error (e.g. on odd user data) is a typed result too
+    return _record(Outcome.RUNTIME_ERROR, f"harness raised {type(e).__name__}: {str(e)[:500]}",
+                   error_type=type(e).__name__)
+
+
+def _serve(handler: Callable, fn: Callable, ctx: HarnessContext, task: SandboxTask,
+           send: Callable[[bytes, bytes], None]) -> dict:
+    """Answer the caller's requests with ``handler(fn, request, ctx)`` until it closes the channel.
+
+    A failed request is answered with an ``e`` frame and the session goes on; running out of memory ends it.
+    """
+    send(b"l", b"")
+    cap = 4 * task.max_output_bytes + (64 << 10)
+    while True:
+        got = read_kinded(_CHANNEL[0], cap)
+        if got is None or got[0] != REQUEST:
+            return _record(Outcome.OK, "session closed")
+        try:
+            request = decode_plain(got[1], cap)
+            body = encode_plain(handler(fn, request, ctx), task.max_output_bytes)
+        except BaseException as e:  # noqa: BLE001 - typed per request
+            record = _failure_record(e)
+            if record["outcome"] == Outcome.MEMORY_EXCEEDED.value:
+                return record
+            if audit.denied():  # a gadget was tried: the session ends as a policy violation
+                return audit.override(record)
+            kind = {"timeout": "timeout", "invalid_output": "invalid", "crashed": "crash"}.get(record["outcome"], "error")
+            send(b"e", json.dumps({"kind": kind, "message": record["message"][:2000]}).encode())
+            continue
+        send(b"v", body)
+
+
+_CHANNEL = [-1]  # the worker's channel fd (set in spare_main before anything runs)
 
 
 _WARM_SOURCE = "import math\ndef f(board, n=1):\n    for row in board:\n        x = row[0] + 1\n    return [x, 'W']\n"
@@ -201,7 +254,7 @@ _WARM_SOURCE = "import math\ndef f(board, n=1):\n    for row in board:\n        
 def warm_up() -> None:
     """Touch the policy, compiler and codec paths once while idle, so their copy-on-write page faults
     happen before a request arrives. Runs no untrusted code and leaves no state behind."""
-    task = SandboxTask(entrypoint="f", harness="x:y")
+    task = SandboxTask(entrypoint="f", handler="x:y")
     tree, _ = analyze(_WARM_SOURCE, task)
     code = compile_untrusted(tree)[0] if tree is not None else None
     if code is not None:
@@ -220,7 +273,7 @@ def spare_main(ctrl: socket.socket, devnull_fd: int, workdir: str, uid: int) -> 
         msg, fds, _flags, _addr = socket.recv_fds(ctrl, 1, 1)
         if msg != b"E" or len(fds) != 1:
             os._exit(EXIT_OK)  # the template is gone or dropped this spare
-        result_fd = fds[0]
+        result_fd = _CHANNEL[0] = fds[0]
         raw_request, raw_payload = read_frame(ctrl), read_frame(ctrl)
         ctrl.close()
         request = json.loads(raw_request)
@@ -231,7 +284,7 @@ def spare_main(ctrl: socket.socket, devnull_fd: int, workdir: str, uid: int) -> 
         sys.stderr = err = CappedText(task.max_output_bytes)
 
         def send(kind: bytes, body: bytes) -> None:
-            _write_frame(result_fd, kind, body)
+            write_kinded(result_fd, kind, body)
 
         try:
             payload = decode_plain(raw_payload, len(raw_payload))
@@ -242,7 +295,7 @@ def spare_main(ctrl: socket.socket, devnull_fd: int, workdir: str, uid: int) -> 
         usage = resource.getrusage(resource.RUSAGE_SELF)
         record["metadata"] = {"layers": layers, "worker_cpu_s": usage.ru_utime + usage.ru_stime,
                               "worker_page_faults": usage.ru_minflt}
-        _write_frame(result_fd, b"r", json.dumps(record).encode())
+        write_kinded(result_fd, b"r", json.dumps(record).encode())
         code = EXIT_OK
     except MemoryError:
         code = EXIT_MEMORY

@@ -4,11 +4,8 @@ every worker inherits a namespace without interfaces), and keeps a few *spare* w
 each spare isolates itself (process group, limits, a uid of its own) and then waits for exactly one request.
 Fork cost is thus off the request path, and every evaluation still gets a fresh process.
 
-Protocol over one socket per pool slot:
-``E`` + frame(request JSON) + frame(payload), with the result pipe's write end attached (SCM_RIGHTS)
--> frame ``{"pid": ..., "isolation": {...}}`` or ``{"error": ...}``;
-``R`` + frame ``{"pid": ...}`` -> frame ``{"status": waitpid status}`` once that worker is reaped. Workers
-are reaped only when the pool asks, so the pool's kill of the process group cannot hit a reused pid.
+The protocol is in protocol.py. Workers are reaped only when the pool asks, so the pool's kill of the
+process group cannot hit a reused pid.
 """
 
 from __future__ import annotations
@@ -22,37 +19,14 @@ import select
 import shutil
 import signal
 import socket
-import struct
 import sys
 import tempfile
+
+from ossgym.sandbox.protocol import EXIT_INTERNAL, frame, read_frame
 
 log = logging.getLogger(__name__)
 
 _PRELOAD = ("RestrictedPython", "ossgym.sandbox.worker")
-
-
-def read_exact(sock: socket.socket, n: int) -> bytes:
-    """Read exactly n bytes or raise EOFError."""
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise EOFError("socket closed")
-        buf += chunk
-    return bytes(buf)
-
-
-def read_frame(sock: socket.socket, limit: int = 1 << 30) -> bytes:
-    """Read one length-prefixed frame."""
-    (n,) = struct.unpack(">I", read_exact(sock, 4))
-    if n > limit:
-        raise EOFError("frame too large")
-    return read_exact(sock, n)
-
-
-def frame(data: bytes) -> bytes:
-    """Length-prefix ``data``."""
-    return struct.pack(">I", len(data)) + data
 
 
 class Template:
@@ -104,7 +78,7 @@ class Template:
                 mine.close()
                 spare_main(theirs, self.devnull, self.workdir, uid)
             finally:
-                os._exit(70)
+                os._exit(EXIT_INTERNAL)
         theirs.close()
         self.spares.append((pid, mine))
 
@@ -131,7 +105,7 @@ class Template:
                 importlib.import_module(name)
             except Exception as e:  # noqa: BLE001 - a missing allowed module fails in the worker instead
                 if name == harness_module:
-                    return f"cannot import harness module '{name}': {type(e).__name__}: {e}"
+                    return f"cannot import the trusted module '{name}': {type(e).__name__}: {e}"
             self.loaded.add(name)
             if name in modules:
                 try:
@@ -142,7 +116,7 @@ class Template:
             self.settle()
             self.drop_spares()
         if not callable(getattr(sys.modules[harness_module], harness_name, None)):
-            return f"harness module '{harness_module}' has no function '{harness_name}'"
+            return f"trusted module '{harness_module}' has no function '{harness_name}'"
         return None
 
     # --- requests --------------------------------------------------------------------------------------
@@ -156,7 +130,7 @@ class Template:
             result_fd = fds[0]
             try:
                 request = json.loads(raw_request)
-                error = self.preload(request["harness"], request["task"]["allowed_imports"])
+                error = self.preload(request["trusted"], request["task"]["allowed_imports"])
                 if error is not None:
                     sock.sendall(frame(json.dumps({"error": error}).encode()))
                     return True
