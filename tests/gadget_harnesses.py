@@ -36,3 +36,8 @@ def _tb():  # noqa: ANN202
 def with_gadget(fn, payload, ctx):  # noqa: ANN001, ANN201
     """Call ``fn(gadget)`` where gadget is GADGETS[payload]; the code may catch what it raises."""
     return ctx.call(GADGETS[payload])
+
+
+def gadget_handler(fn, request, ctx):  # noqa: ANN001, ANN201
+    """Session handler: ``fn(gadget)`` for GADGETS[request]."""
+    return ctx.call(GADGETS[request])

@@ -122,3 +122,19 @@ def test_honest_code_runs_with_the_hook_on(pool):
     r = pool.evaluate(src, t, 0)
     assert r.ok, (r.outcome, r.message)
     assert r.value == [11, 4, True, "<Node object>"]
+
+
+def test_gadget_in_a_caller_driven_session_ends_it_as_a_policy_violation(pool):
+    t = SandboxTask(entrypoint="f", handler="gadget_harnesses:gadget_handler")
+    src = "def f(g):\n    try:\n        return g()\n    except Exception:\n        return 'swallowed'\n"
+    replies = []
+
+    def driver(session):
+        for name in ("eval", "open"):
+            r = session.request(name)
+            replies.append((r.ok, r.value))
+        return "driver done"
+
+    r = pool.run(src, t, driver)
+    assert all(not ok for ok, _ in replies), replies  # never a value for a denied gadget
+    assert r.outcome is Outcome.POLICY_VIOLATION and "denies" in r.message
