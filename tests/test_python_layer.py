@@ -400,3 +400,4 @@ def test_odd_trees_are_typed_violations_not_crashes():
     tree.body[0].body[0].value = ast.Constant(value=object())  # not compilable
     code, v = compile_untrusted(tree)
     assert code is None and v
+
