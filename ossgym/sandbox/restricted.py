@@ -489,7 +489,14 @@ class _TypingName:
 
 def make_typing_proxy() -> ModuleProxy:
     """``typing`` as the code sees it: inert names only (no get_type_hints, ForwardRef, NamedTuple...)."""
-    return make_proxy(ModuleType("typing"), "typing", extra={n: _TypingName(n) for n in TYPING_NAMES})
+    extra: dict[str, object] = {n: _TypingName(n) for n in TYPING_NAMES}
+    extra.update({"TYPE_CHECKING": False, "cast": _typing_cast})
+    return make_proxy(ModuleType("typing"), "typing", extra=extra)
+
+
+def _typing_cast(typ: object, value: object) -> object:
+    """typing.cast: returns the value."""
+    return value
 
 
 _proxies: dict[str, tuple[ModuleProxy, random.Random | None]] = {}
