@@ -6,7 +6,14 @@
 3. cost per call of a list-heavy 2048 strategy inside the worker: restricted vs the same source as plain
    Python (and through ``ctx.call``, which adds the per-call timer).
 
-Usage: python scripts/bench_sandbox.py [--workers N] [--n N]
+4. the same pool measurement (1, 2) for this tree and for a baseline tree (default: a ``git worktree`` of
+   ``main``, today's code), each as root and as an ordinary user (uid 65534 in a private mount namespace,
+   the way tests/test_sandbox_nonroot.py does it), every run in its own process, in one script run; with
+   the isolation layers each run actually got;
+5. this tree only: one ``Session.request`` round trip (``pool.run``), the cost a caller-driven task pays
+   per request.
+
+Usage: python scripts/bench_sandbox.py [--workers N] [--n N] [--baseline REF] [--no-nonroot]
 """
 
 from __future__ import annotations
@@ -136,11 +143,133 @@ def bench_exec(n: int) -> list[float]:
     return out
 
 
+
+#: measured in a fresh interpreter whose cwd is the tree under test (cwd comes first on sys.path), so the
+#: baseline tree's code runs with exactly the same measurement; it uses only evaluate/evaluate_batch, which
+#: both trees have. Prints one JSON line.
+MEASURE = r"""
+import json, os, statistics, sys, time
+from ossgym.sandbox import SandboxPool, SandboxTask
+n, batch, workers = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+SRC = "def f(x):\n    return x + 1\n"
+task = SandboxTask(entrypoint="f", harness="ossgym.sandbox.testing:call_once")
+out = {"uid": os.getuid()}
+with SandboxPool(workers) as pool:
+    def one(i):
+        t0 = time.perf_counter()
+        r = pool.evaluate(SRC, task, i)
+        dt = time.perf_counter() - t0
+        assert r.ok and r.value == i + 1, r
+        return dt, r
+    for i in range(20):
+        _, r = one(i)
+    iso = r.metadata.get("isolation", {})
+    out["layers"] = {k: v for k, v in iso.items() if v is True} if isinstance(iso, dict) else {}
+    try:  # this tree: the layers require_isolation demands; an older tree: every layer it reports as off
+        from ossgym.sandbox.isolation import missing
+        out["missing"] = sorted(missing(iso))
+    except ImportError:
+        out["missing"] = sorted(k for k, v in iso.items() if v is False) if isinstance(iso, dict) else []
+    lat = sorted(one(i)[0] for i in range(n))
+    out["p50_ms"] = lat[len(lat) // 2] * 1e3
+    out["p99_ms"] = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3
+    items = [(SRC, i) for i in range(batch)]
+    pool.evaluate_batch(items, task)
+    rounds = max(3, (n * 2) // batch)
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        assert all(r.ok for r in pool.evaluate_batch(items, task))
+    out["evals_per_s"] = rounds * batch / (time.perf_counter() - t0)
+    if hasattr(pool, "run"):
+        stask = SandboxTask(entrypoint="f", handler="ossgym.sandbox.testing:answer_request")
+        per = []
+        def drive(session):
+            for i in range(200):
+                t0 = time.perf_counter()
+                rep = session.request(i)
+                per.append(time.perf_counter() - t0)
+                assert rep.ok and rep.value == i + 1, rep
+            return True
+        r = pool.run(SRC, stask, drive)
+        assert r.ok, r
+        per.sort()
+        out["request_p50_us"] = per[len(per) // 2] * 1e6
+print(json.dumps(out))
+"""
+
+
+def measure_tree(tree: str, n: int, batch: int, workers: int, nonroot: bool, home: str) -> dict:
+    """Run MEASURE with ``tree`` as the package source, as this user or (from root) as uid 65534."""
+    pre = None
+    if nonroot:
+        from tests.test_sandbox_nonroot import _as_nobody, _python_under_closed_dir
+
+        keep = _python_under_closed_dir()
+        pre = lambda: _as_nobody(keep)  # noqa: E731
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HOME=home, PYTHONDONTWRITEBYTECODE="1")
+    p = subprocess.run([sys.executable, "-c", MEASURE, str(n), str(batch), str(workers)], cwd=tree, env=env,
+                       preexec_fn=pre, capture_output=True, text=True, timeout=900)
+    if p.returncode != 0:
+        return {"error": (p.stderr or p.stdout).strip().splitlines()[-1:] or ["failed"]}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def compare_trees(args: argparse.Namespace, workers: int) -> None:
+    """Table 4/5: this tree against the baseline tree, as root and as an ordinary user, in one run."""
+    import shutil
+    import tempfile
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tmp = tempfile.mkdtemp(prefix="ossgym-bench-")
+    os.chmod(tmp, 0o755)
+    base = os.path.join(tmp, "baseline")
+    trees = [("this tree", here)]
+    try:
+        if args.baseline:
+            subprocess.run(["git", "-C", here, "worktree", "add", "--detach", base, args.baseline], check=True,
+                           capture_output=True)
+            rev = subprocess.run(["git", "-C", base, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True).stdout.strip()
+            trees.append((f"baseline {args.baseline} ({rev})", base))
+        users = [False] + ([True] if os.getuid() == 0 and not args.no_nonroot else [])
+        home = os.path.join(tmp, "home")
+        os.mkdir(home)
+        os.chmod(home, 0o777)
+        rows = []
+        for user in users:
+            for name, tree in trees:
+                rows.append((name, "uid 65534" if user else f"uid {os.getuid()}",
+                             measure_tree(tree, args.n, args.batch, workers, user, home)))
+    finally:
+        if args.baseline:
+            subprocess.run(["git", "-C", here, "worktree", "remove", "--force", base], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print()
+    print(f"| tree | user | p50 ms | p99 ms | evals/s (batches of {args.batch}, {workers} workers) "
+          "| Session.request p50 us | isolation layers missing |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    for name, user, m in rows:
+        if "error" in m:
+            print(f"| {name} | {user} | failed: {m['error']} | | | | |")
+            continue
+        req = f"{m['request_p50_us']:.0f}" if "request_p50_us" in m else "n/a (no Session API)"
+        missing = ", ".join(m["missing"]) or "none"
+        print(f"| {name} | {user} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['evals_per_s']:.0f} | {req} "
+              f"| {missing} |")
+    mine = [m for name, _, m in rows if name == "this tree" and "error" not in m]
+    ok = mine and all(m["p50_ms"] <= 5 and m["evals_per_s"] >= 200 for m in mine)
+    print(f"(targets p50 <= 5 ms and >= 200 evals/s for this tree, every user: {'met' if ok else 'NOT met'})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=None, help="pool workers (default: one per usable core)")
     ap.add_argument("--n", type=int, default=400, help="evaluations per latency measurement")
     ap.add_argument("--batch", type=int, default=64, help="evaluations per batch in the throughput test")
+    ap.add_argument("--baseline", default="c362b5e", help="git ref measured beside this tree ('' to skip); "
+                    "default: main as it was before issue 9's sandbox work (the commit this branch started from)")
+    ap.add_argument("--no-nonroot", action="store_true", help="skip the runs as uid 65534 (root only)")
     args = ap.parse_args()
 
     from ossgym.sandbox import SandboxPool, SandboxTask
@@ -200,6 +329,7 @@ def main() -> None:
         print(f"| {name} | {calls[name] * 1e6:.1f} | {calls[name] / calls['plain']:.2f}x |")
     ratio = calls["restricted"] / calls["plain"]
     print(f"(same answers: {calls['same_answers']}; target restricted <= 2x plain: {'met' if ratio <= 2 else 'NOT met'})")
+    compare_trees(args, workers)
 
 
 if __name__ == "__main__":

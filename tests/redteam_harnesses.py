@@ -43,6 +43,13 @@ def _attempt(action):  # noqa: ANN001, ANN202
         return f"blocked: {type(e).__name__}"
 
 
+def _interfaces():  # noqa: ANN202
+    try:
+        return [name for _, name in socket.if_nameindex()]
+    except OSError:  # seccomp: no socket may be made, not even to list interfaces
+        return []
+
+
 def escaped_probe(fn, payload, ctx):  # noqa: ANN001, ANN201
     """Report what an escaped attacker could do from inside a worker."""
     canary = payload["canary"]
@@ -78,7 +85,8 @@ def escaped_probe(fn, payload, ctx):  # noqa: ANN001, ANN201
         "connect": _attempt(connect),
         "signal_caller": _attempt(kill_parent),
         "read_passwd": _attempt(read_passwd),
-        "interfaces": [name for _, name in socket.if_nameindex()],
+        "interfaces": _interfaces(),
+        "make_socket": _attempt(lambda: socket.socket(socket.AF_UNIX).close()),
         "open_fds": sorted(int(x) for x in os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else [],
     }
 

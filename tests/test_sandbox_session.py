@@ -148,3 +148,116 @@ def test_a_compromised_worker_cannot_change_the_callers_metadata_or_clock():
     assert kind == "crash" and r.outcome is Outcome.CRASHED
     assert cpu > 0.02 and r.metadata["isolation"] != "forged" and r.metadata["worker_cpu_s"] >= cpu
     assert "worker" not in r.metadata or r.metadata["worker"].get("isolation") != r.metadata["isolation"]
+
+
+def test_missing_layers_are_named_and_require_isolation_refuses(monkeypatch, caplog):
+    import ossgym.sandbox.pool as pool_module
+
+    with SandboxPool(1) as p:
+        r = p.evaluate("def f(x):\n    return x\n", SandboxTask(entrypoint="f", harness="ossgym.sandbox.testing:call_once"), 1)
+        assert r.value == 1 and pool_module.missing(r.metadata["isolation"]) == {} and p.isolation == r.metadata["isolation"]
+    real = pool_module.missing
+    monkeypatch.setattr(pool_module, "missing", lambda iso: {**real(iso), "seccomp": "pretend the kernel lacks it"})
+    with SandboxPool(1) as p:
+        with caplog.at_level("WARNING"):
+            assert p.run(LOOP, task(), lambda s: s.request([3]).value).value == [3]
+        assert "seccomp: pretend the kernel lacks it" in caplog.text
+    called = []
+    with SandboxPool(1, require_isolation=True) as p:
+        with pytest.raises(Exception, match="seccomp.*Fix"):
+            p.run(LOOP, task(), lambda s: called.append(1))
+    assert not called
+
+
+ESCAPED_REACH = '''
+import ctypes, os, socket
+def f(caller):
+    out = {}
+    def attempt(name, action):
+        try:
+            action()
+            out[name] = "done"
+        except OSError as e:
+            out[name] = "blocked"
+    def read(path):
+        with open(path, "rb") as fh:
+            fh.read(1)
+    attempt("caller_environ", lambda: read(f"/proc/{caller}/environ"))
+    attempt("caller_mem", lambda: read(f"/proc/{caller}/mem"))
+    attempt("signal_caller", lambda: os.kill(caller, 0))
+    attempt("signal_init", lambda: os.kill(1, 0))
+    attempt("signal_any", lambda: [os.kill(p, 0) for p in range(2, 400) if p != os.getpid()] and None)
+    attempt("socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    attempt("write_host_file", lambda: open("/tmp/ossgym-escaped-" + str(os.getpid()), "w").write("x"))
+    attempt("mkdir_root", lambda: os.mkdir("/owned"))
+    libc = ctypes.CDLL(None, use_errno=True)
+    local = (ctypes.c_char * 8)()
+    iov = (ctypes.c_void_p * 2)(ctypes.addressof(local), 8)
+    rc = libc.syscall(310, caller, iov, 1, iov, 1, 0)  # process_vm_readv of the caller
+    out["process_vm_readv"] = "done" if rc >= 0 else "blocked"
+    out["ptrace_attach"] = "done" if libc.syscall(101, 16, caller, 0, 0) == 0 else "blocked"
+    out["unshare_user"] = "done" if libc.syscall(272, 0x10000000) == 0 else "blocked"
+    return out
+'''
+
+
+def test_an_escaped_worker_reaches_no_process_file_or_socket_of_the_host():
+    """Arbitrary Python (compromised-worker mode) as root and, through test_sandbox_nonroot.py, as an
+    ordinary user: the caller's /proc, memory and signals, other processes, sockets and host files are
+    all out of reach."""
+    import os
+
+    with SandboxPool(1, compromised_for_tests=True) as p:
+        r = p.run(ESCAPED_REACH, task(handler="session_handlers:raw"), lambda s: s.request(os.getpid()).value)
+    assert r.outcome is Outcome.OK and r.value and set(r.value.values()) == {"blocked"}, r.value
+
+
+SPIN = "def f(n):\n    while True:\n        pass\n"
+SLEEP = "import time\ndef f(n):\n    time.sleep(3600)\n"
+
+
+def test_the_caller_enforces_cpu_limits_itself_even_when_the_worker_has_no_timer():
+    """Compromised mode, handler without any in-worker limit: the caller's own CPU reading ends the worker,
+    per request (cpu_limit_s) and for the whole session (cpu_budget_s), long before the liveness cap."""
+    def per_request(s):
+        r = s.request(1, cpu_limit_s=0.2)
+        return [r.kind, s.last_cpu_s >= 0.2, s.request(1).kind]
+
+    def whole(s):
+        s.cpu_budget_s = 0.2
+        return s.request(1).kind
+
+    with SandboxPool(1, compromised_for_tests=True) as p:
+        a = p.run(SPIN, task(handler="session_handlers:raw", total_timeout_s=120.0), per_request)
+        b = p.run(SPIN, task(handler="session_handlers:raw", total_timeout_s=120.0), whole)
+    assert a.value == ["timeout", True, "timeout"] and a.outcome is Outcome.TIMEOUT and a.timeout_kind == "call"
+    assert "CPU" in a.message and a.metadata["cpu_exceeded"]
+    assert b.value == "timeout" and b.outcome is Outcome.TIMEOUT and b.timeout_kind == "total" and "CPU" in b.message
+
+
+def test_completions_that_hang_or_sleep_leave_their_batch_mates_correct(pool):
+    honest = (LOOP, task(), lambda s: s.request([100]).value)
+    spin = (SPIN, task(handler="session_handlers:raw", total_timeout_s=1.0), lambda s: s.request(1).kind)
+    sleep = (SLEEP, task(handler="session_handlers:raw", total_timeout_s=1.0), lambda s: s.request(1).kind)
+    with SandboxPool(2, compromised_for_tests=True) as p:
+        results = p.run_batch([honest, spin, honest, sleep, honest])
+    assert [r.value for r in results[::2]] == [[4950]] * 3 and all(r.ok for r in results[::2])
+    assert [r.value for r in results[1::2]] == ["timeout", "timeout"]
+    assert all(r.outcome is Outcome.TIMEOUT for r in results[1::2])
+
+
+def test_threads_calling_evaluate_on_a_small_pool_lose_no_budget():
+    """The worker-driven API too: 4 threads on a 2-slot pool, each evaluation several tenths of a second
+    of CPU under a 1 s limit; the ones that wait for a slot start their clock at dispatch."""
+    busy = "def f(n):\n    s = 0\n    for i in range(n):\n        s += i\n    return s\n"
+    t = SandboxTask(entrypoint="f", harness="ossgym.sandbox.testing:call_once", call_timeout_s=5.0,
+                    total_timeout_s=1.0)
+    results = []
+    with SandboxPool(2) as p:
+        p.evaluate(busy, t, 10)  # the template is up; the first evaluation below gets the same budget anyway
+        threads = [threading.Thread(target=lambda: results.append(p.evaluate(busy, t, 1_000_000))) for _ in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    assert [r.outcome for r in results] == [Outcome.OK] * 4

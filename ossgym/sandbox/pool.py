@@ -28,6 +28,7 @@ from ossgym.errors import ConfigError, SandboxError
 from ossgym.sandbox.result import (Outcome, PlainDataError, SandboxResult, Violation, decode_plain,
                                    encode_plain)
 from ossgym.sandbox.task import SandboxTask
+from ossgym.sandbox.isolation import missing
 from ossgym.sandbox.protocol import EXIT_MEMORY, FROM_WORKER, REQUEST, frame, read_frame
 from ossgym.sandbox.zygote import BOOT
 
@@ -160,7 +161,15 @@ class Session:
     that dies (timeout at the liveness deadline, memory, crash, malformed frames) answers every further
     request with a failed :class:`Reply` at once; ``fatal`` says how it died. Never raises because of the
     worker.
+
+    CPU budgets are enforced here, by the caller, from the same kernel clock (a worker that disables its
+    own timers, or runs threads, is still stopped): the whole session may use ``cpu_budget_s`` of worker
+    CPU (default ``task.total_timeout_s``), and ``request(data, cpu_limit_s=x)`` ends the worker when that
+    one request uses more than ``x``. Either kills the worker's process group; the session then ends as
+    a timeout. The wall-clock deadline is only a liveness cap for a worker that sleeps or is stuck.
     """
+
+    _POLL_S = 0.05  # how often a waiting caller re-reads the worker's CPU clock
 
     def __init__(self, sock: socket.socket, pid: int, task: SandboxTask, deadline: float) -> None:
         self._sock, self._fd, self.pid, self.task, self._deadline = sock, sock.fileno(), pid, task, deadline
@@ -173,6 +182,24 @@ class Session:
         self._cpu0 = self._worker_cpu() or 0.0
         self.cpu_s = 0.0
         self.last_cpu_s = 0.0
+        self.cpu_budget_s: float = task.total_timeout_s
+        self._request_cpu_limit: tuple[float, float] | None = None  # (CPU at request start, limit)
+        self.cpu_exceeded: str | None = None
+
+    def _over_cpu(self) -> bool:
+        """True (and the worker killed) when the worker's CPU time is past the session's or request's budget."""
+        now = self._worker_cpu()
+        if now is None:
+            return False
+        if now - self._cpu0 > self.cpu_budget_s:
+            self.cpu_exceeded = f"killed by the caller after {self.cpu_budget_s}s of worker CPU time (total)"
+        elif self._request_cpu_limit is not None and now - self._request_cpu_limit[0] > self._request_cpu_limit[1]:
+            self.cpu_exceeded = (f"killed by the caller after {self._request_cpu_limit[1]}s of worker CPU time "
+                                 "in one request")
+        else:
+            return False
+        self._kill()
+        return True
 
     def _worker_cpu(self) -> float | None:
         try:
@@ -195,8 +222,10 @@ class Session:
                 self.killed = True
                 self._kill()
                 return False
-            ready, _, _ = select.select([self._fd], [], [], left)
+            ready, _, _ = select.select([self._fd], [], [], min(left, self._POLL_S))
             if not ready:
+                if self._over_cpu():
+                    return False
                 continue
             try:
                 chunk = os.read(self._fd, 1 << 20)
@@ -233,7 +262,10 @@ class Session:
     def _die(self) -> Reply:
         """Record how the session died (once) and the failed reply that says so."""
         if self.fatal is None:
-            if self.killed:
+            if self.cpu_exceeded is not None:
+                self.fatal = (Outcome.TIMEOUT, self.cpu_exceeded,
+                              "call" if "one request" in self.cpu_exceeded else "total")
+            elif self.killed:
                 self.fatal = (Outcome.TIMEOUT, f"killed at the liveness limit of {self.task.total_timeout_s}s "
                               "(wall clock)", "total")
             elif self.bad is not None:
@@ -257,8 +289,11 @@ class Session:
         except Exception:  # noqa: BLE001 - a hostile record is typed too
             return (Outcome.INVALID_OUTPUT, "invalid output: a malformed final record", None)
 
-    def request(self, data: object) -> Reply:
-        """Send plain ``data`` to the worker-side handler and wait for its reply (or the session's end)."""
+    def request(self, data: object, cpu_limit_s: float | None = None) -> Reply:
+        """Send plain ``data`` to the worker-side handler and wait for its reply (or the session's end).
+
+        ``cpu_limit_s``: the most worker CPU time this request may use, measured and enforced by the caller
+        (past it the worker is killed and the session ends as a timeout)."""
         if self.closed or self.fatal is not None or not self.loaded:
             return self._die() if not self.closed else Reply(False, None, "crash", "the session is closed")
         try:
@@ -266,6 +301,7 @@ class Session:
         except PlainDataError as e:
             raise ConfigError("data", str(e), "send plain data (None, bool, int, float, str, list, tuple, dict)") from None
         start = self._worker_cpu()
+        self._request_cpu_limit = (start, float(cpu_limit_s)) if cpu_limit_s is not None and start is not None else None
         self.requests += 1
         try:
             self._sock.settimeout(max(0.001, self._deadline - time.monotonic()))
@@ -313,10 +349,14 @@ class SandboxPool:
     """A bounded, thread-safe pool of sandbox workers (forked per evaluation from one warm template).
 
     ``workers`` bounds how many evaluations run at once (default: the number of CPU cores). Use as a
-    context manager or call ``close()``.
+    context manager or call ``close()``. The pool checks the isolation of every worker it dispatches: a
+    missing layer (isolation.REQUIRED_LAYERS) is logged once as a warning naming it and why, and with
+    ``require_isolation=True`` the evaluation is refused with a SandboxError instead (nothing untrusted
+    runs). Every result's ``metadata["isolation"]`` holds the layers its worker got.
     """
 
-    def __init__(self, workers: int | None = None, *, compromised_for_tests: bool = False) -> None:
+    def __init__(self, workers: int | None = None, *, require_isolation: bool = False,
+                 compromised_for_tests: bool = False) -> None:
         if workers is None:
             workers = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         if type(workers) is not int or workers < 1:
@@ -325,6 +365,12 @@ class SandboxPool:
         #: TEST-ONLY: run untrusted sources as ordinary Python (no policy, no RestrictedPython) inside the
         #: same OS isolation, to show that an escaped Python layer still earns and reaches nothing.
         self.compromised_for_tests = compromised_for_tests is True
+        #: refuse to run untrusted code in a worker that lacks any layer of isolation.REQUIRED_LAYERS
+        self.require_isolation = require_isolation is True
+        #: the layers the last worker got (the template's and the worker's own report, made before the
+        #: worker had any untrusted code); None before the first evaluation
+        self.isolation: dict | None = None
+        self._warned = False
         self._lock = threading.Lock()
         self._slots: queue.SimpleQueue[int] = queue.SimpleQueue()
         for i in range(workers):
@@ -508,8 +554,11 @@ class SandboxPool:
         # The evaluation's time starts now, at dispatch: not while it waited for a slot or for the template.
         session = Session(mine, pid, task, time.monotonic() + task.total_timeout_s + grace_s(task))
         driven, driver_error = None, None
+        refusal = self._check_isolation(isolation)
         try:
-            if driver is None:
+            if refusal is not None:
+                pass
+            elif driver is None:
                 session.wait_for_record()
             elif session.wait_loaded():
                 try:
@@ -519,7 +568,8 @@ class SandboxPool:
                     driver_error = f"the caller-side driver raised {type(e).__name__}: {e}"
         finally:
             session.close()
-        frames, killed_at_deadline, bad_frames = session.frames, session.killed, session.bad
+        frames, bad_frames = session.frames, session.bad
+        killed_at_deadline = session.killed or session.cpu_exceeded is not None  # both: a timeout
         status = None
         try:
             conn.sendall(b"R" + frame(json.dumps({"pid": pid}).encode()))
@@ -529,9 +579,11 @@ class SandboxPool:
                 tpl.reap_pending[slot] = True
         except (OSError, EOFError, ValueError, KeyError) as e:
             self._template_failed(tpl, f"no reap reply: {e}")
+        if refusal is not None:
+            raise SandboxError(refusal)
         wall = time.monotonic() - start
         meta = {"isolation": isolation, "worker_pid": pid, "killed_at_deadline": killed_at_deadline,
-                "exit_status": status, "worker_cpu_s": session.cpu_s}
+                "exit_status": status, "worker_cpu_s": session.cpu_s, "cpu_exceeded": session.cpu_exceeded}
         if driver is None:
             return self._build(frames, bad_frames, killed_at_deadline, status, task, wall, meta)
         meta["requests"] = session.requests
@@ -544,6 +596,23 @@ class SandboxPool:
             return SandboxResult(Outcome.OK, driven, "ok", wall_time_s=wall, metadata=meta)
         outcome, message, timeout_kind = failure
         return SandboxResult(outcome, driven, message, timeout_kind=timeout_kind, wall_time_s=wall, metadata=meta)
+
+    def _check_isolation(self, isolation: dict) -> str | None:
+        """Warn once about missing layers; with require_isolation, the refusal message (else None)."""
+        self.isolation = isolation
+        gaps = missing(isolation)
+        if not gaps:
+            return None
+        listed = "; ".join(f"{name}: {why}" for name, why in gaps.items())
+        if not self._warned:
+            self._warned = True
+            log.warning("sandbox workers run without these isolation layers: %s", listed)
+        if not self.require_isolation:
+            return None
+        return (f"the sandbox refuses to run untrusted code without these isolation layers: {listed}. Fix: run "
+                "on Linux with unprivileged user namespaces allowed (sysctl kernel.unprivileged_userns_clone=1 /"
+                " user.max_user_namespaces > 0; in a container, allow unshare/clone/mount in its seccomp "
+                "profile), or pass require_isolation=False to accept the risk")
 
     def _build(self, frames: _Frames, bad: str | None, killed: bool, status: int | None, task: SandboxTask,
                wall: float, meta: dict) -> SandboxResult:

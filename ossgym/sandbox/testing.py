@@ -43,3 +43,8 @@ def call_timed(fn, payload: object, ctx: HarnessContext) -> list:  # noqa: ANN00
     """Call ``fn(payload)`` once; return ``[value, seconds the call itself took]`` (``ctx.last_call_s``)."""
     value = ctx.call(payload)
     return [value, ctx.last_call_s]
+
+
+def answer_request(fn, request: object, ctx: HarnessContext) -> object:  # noqa: ANN001
+    """Session handler: answer each request with ``fn(request)`` (exact plain types required)."""
+    return ctx.call_plain(request)

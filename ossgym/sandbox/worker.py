@@ -8,8 +8,6 @@ Frames on the worker's channel are described in protocol.py. In a caller-driven 
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import importlib
 import io
 import json
@@ -23,41 +21,17 @@ from collections.abc import Callable
 from ossgym.sandbox import audit
 from ossgym.sandbox.context import (CallTimeout, HarnessContext, InvalidOutput, TotalTimeout, UserError,
                                     _clock, _Interrupt, guarded_call, install_timer)
+from ossgym.sandbox import seccomp
+from ossgym.sandbox.isolation import PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG, drop_bounding_set, drop_capabilities, prctl
 from ossgym.sandbox.policy import analyze
 from ossgym.sandbox.restricted import compile_untrusted, load_untrusted
 from ossgym.sandbox.result import Outcome, PlainDataError, decode_plain, encode_plain
 from ossgym.sandbox.task import SandboxTask
-from ossgym.sandbox.protocol import EXIT_INTERNAL, EXIT_MEMORY, EXIT_OK, REQUEST, read_frame, read_kinded, write_kinded
+from ossgym.sandbox.protocol import EXIT_INTERNAL, EXIT_MEMORY, EXIT_OK, REQUEST, frame, read_frame, read_kinded, write_kinded
 from ossgym.sandbox.restricted import FILENAME
 FIRST_UID = 200_000  # workers started as root run as uids from here on, one per worker (no account needed)
 UID_RANGE = 60_000
 _MAX_OPEN_FILES = 8
-_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_NO_NEW_PRIVS = 1, 4, 38
-_CLONE_NEWNET, _CLONE_NEWIPC, _CLONE_NEWUTS = 0x40000000, 0x08000000, 0x04000000
-
-try:
-    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-except OSError:  # pragma: no cover - no libc (not Linux)
-    _libc = None
-
-
-def prctl(option: int, arg: int) -> bool:
-    """Call prctl(2); False where it is not available."""
-    return _libc is not None and _libc.prctl(option, arg, 0, 0, 0) == 0
-
-
-def unshare_namespaces() -> dict:
-    """Move this process into new network (no interfaces), IPC and UTS namespaces, as far as the OS allows;
-    return which ones were applied (and why not)."""
-    if _libc is None:
-        return {"network_namespace": False, "network_namespace_error": "no libc"}
-    if _libc.unshare(_CLONE_NEWNET | _CLONE_NEWIPC | _CLONE_NEWUTS) == 0:
-        return {"network_namespace": True, "ipc_namespace": True, "uts_namespace": True}
-    if _libc.unshare(_CLONE_NEWNET) == 0:
-        return {"network_namespace": True, "ipc_namespace": False, "uts_namespace": False}
-    return {"network_namespace": False, "network_namespace_error": os.strerror(ctypes.get_errno())}
-
-
 class CappedText(io.TextIOBase):
     """A text stream that keeps at most ``cap`` characters and counts what it dropped."""
 
@@ -81,15 +55,16 @@ class CappedText(io.TextIOBase):
         return out + (f"\n[... {self.dropped} characters dropped]" if self.dropped else "")
 
 
-def prepare(ctrl_fd: int, devnull_fd: int, workdir: str, uid: int) -> dict:
-    """Isolate a spare worker before it has a request: own process group, no inherited fds, empty cwd
-    (as root: an empty chroot), no environment, no file writes, no new processes, few fds, and (as root)
-    a uid of its own, so it can neither signal nor trace the caller, the template or another worker.
-    Returns what was applied (it goes into the result's metadata)."""
+def prepare(ctrl_fd: int, devnull_fd: int, workdir: str, uid: int, userns: bool) -> dict:
+    """Isolate a spare worker before it has a request: own process group, no inherited fds, no
+    environment, the empty read-only root (chroot), a uid of its own (as root) or the user namespace's one
+    id (as an ordinary user), no capabilities, not dumpable, no file writes, no new processes, few fds, and
+    last the seccomp filter (isolation.py lists the layers). Returns what was applied: the template reports
+    it to the caller before any untrusted code exists in this process."""
     layers: dict[str, object] = {}
     os.setsid()
-    layers["pdeathsig"] = prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    layers["no_new_privs"] = prctl(_PR_SET_NO_NEW_PRIVS, 1)
+    layers["pdeathsig"] = prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    layers["no_new_privs"] = prctl(PR_SET_NO_NEW_PRIVS, 1)
     for fd in (0, 1, 2):
         os.dup2(devnull_fd, fd)
     os.closerange(3, ctrl_fd)
@@ -102,18 +77,24 @@ def prepare(ctrl_fd: int, devnull_fd: int, workdir: str, uid: int) -> dict:
     for name, value in limits.items():
         resource.setrlimit(getattr(resource, name), (value, value))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file write fails with EFBIG instead of killing
-    if os.getuid() == 0:
+    layers["chroot"] = layers["user_separation"] = False
+    if os.getuid() == 0:  # real root, or root of the template's user namespace
         # Everything the worker runs is imported by now (the template preloads harness and allowed modules),
         # so the file system can go: the root becomes the empty directory.
         os.chroot(workdir)
         os.chdir("/")
         layers["chroot"] = True
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
+        if not userns:  # real root: a uid of its own, so it shares no uid with the caller or another worker
+            drop_bounding_set()
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+        layers["user_separation"] = True  # (as an ordinary user: the user namespace maps one id, the caller's)
     layers["uid"] = os.getuid()
-    layers["dumpable_off"] = prctl(_PR_SET_DUMPABLE, 0)
+    layers["capabilities_dropped"] = drop_capabilities()
+    layers["not_dumpable"] = prctl(PR_SET_DUMPABLE, 0)
     layers["rlimits"] = limits
+    layers["seccomp"] = seccomp.install()
     return layers
 
 
@@ -263,13 +244,14 @@ def warm_up() -> None:
     decode_plain(encode_plain({"a": [1, 2.5, (3, "s")]}, 1 << 10), 1 << 10)
 
 
-def spare_main(ctrl: socket.socket, devnull_fd: int, workdir: str, uid: int) -> None:
+def spare_main(ctrl: socket.socket, devnull_fd: int, workdir: str, uid: int, userns: bool) -> None:
     """Entry point of a spare worker forked by the template: isolate, wait for one request, evaluate it,
     send the record, and exit (never returns)."""
     code = EXIT_INTERNAL
     try:
-        layers = prepare(ctrl.fileno(), devnull_fd, workdir, uid)
+        layers = prepare(ctrl.fileno(), devnull_fd, workdir, uid, userns)
         warm_up()
+        ctrl.sendall(frame(json.dumps(layers).encode()))  # to the template, before any untrusted code exists
         msg, fds, _flags, _addr = socket.recv_fds(ctrl, 1, 1)
         if msg != b"E" or len(fds) != 1:
             os._exit(EXIT_OK)  # the template is gone or dropped this spare

@@ -33,14 +33,16 @@ class Template:
     """The fork server loop."""
 
     def __init__(self, socks: list[socket.socket]) -> None:
-        from ossgym.sandbox.worker import unshare_namespaces
+        from ossgym.sandbox.isolation import PR_SET_DUMPABLE, enter_namespaces, prctl
 
         # No PR_SET_PDEATHSIG here: it follows the *thread* that started this process, which may be any
         # short-lived caller thread. The pool's death closes every slot socket instead, and that ends serve().
         self.socks = {s.fileno(): s for s in socks}
-        self.isolation = {**unshare_namespaces(), "template_pid": os.getpid()}
         self.workdir = tempfile.mkdtemp(prefix="ossgym-sandbox-")
         os.chmod(self.workdir, 0o555)  # empty and not writable by the workers (they run as unprivileged uids)
+        self.isolation = enter_namespaces(self.workdir)  # the workers' empty read-only root is mounted there
+        self.isolation["template_not_dumpable"] = prctl(PR_SET_DUMPABLE, 0)
+        self.userns = self.isolation.get("user_namespace") is True
         self.devnull = os.open(os.devnull, os.O_RDWR)
         self.loaded: set[str] = set()
         self.forked = 0
@@ -76,7 +78,7 @@ class Template:
         if pid == 0:
             try:
                 mine.close()
-                spare_main(theirs, self.devnull, self.workdir, uid)
+                spare_main(theirs, self.devnull, self.workdir, uid, self.userns)
             finally:
                 os._exit(EXIT_INTERNAL)
         theirs.close()
@@ -134,14 +136,16 @@ class Template:
                 if error is not None:
                     sock.sendall(frame(json.dumps({"error": error}).encode()))
                     return True
-                pid = self.dispatch(result_fd, frame(raw_request) + frame(raw_payload))
+                pid, layers = self.dispatch(result_fd, frame(raw_request) + frame(raw_payload))
             finally:
                 os.close(result_fd)
             try:
                 self.pidfds[os.pidfd_open(pid)] = pid
             except (AttributeError, OSError):
                 self.polled.add(pid)
-            sock.sendall(frame(json.dumps({"pid": pid, "isolation": self.isolation}).encode()))
+            isolation = {**self.isolation, **layers,
+                         "empty_root": self.isolation.get("empty_root") is True and layers.get("chroot") is True}
+            sock.sendall(frame(json.dumps({"pid": pid, "isolation": isolation}).encode()))
         elif msg == b"R":
             pid = json.loads(read_frame(sock))["pid"]
             self.reap_waiters[pid] = sock
@@ -153,17 +157,21 @@ class Template:
             return False
         return True
 
-    def dispatch(self, result_fd: int, data: bytes) -> int:
-        """Hand one request to a spare worker (forking one if none is ready); return its pid."""
+    def dispatch(self, result_fd: int, data: bytes) -> tuple[int, dict]:
+        """Hand one request to a spare worker (forking one if none is ready); return its pid and the layers
+        it reported once isolated (before it had any untrusted code, so the report can be trusted)."""
         for _attempt in range(3):
             if not self.spares:
                 self.fork_spare()
             pid, spare = self.spares.pop(0)
             try:
+                spare.settimeout(30)
+                layers = json.loads(read_frame(spare, 1 << 16))
+                spare.settimeout(None)
                 socket.send_fds(spare, [b"E"], [result_fd])
                 spare.sendall(data)
-                return pid
-            except OSError as e:  # the spare died while waiting; use another one
+                return pid, {k: v for k, v in layers.items() if k not in ("base_vsz", "rlimits")}
+            except (OSError, EOFError, ValueError) as e:  # the spare died while waiting; use another one
                 log.warning("sandbox template: spare %d unusable: %s", pid, e)
                 try:
                     os.kill(pid, signal.SIGKILL)
