@@ -191,6 +191,10 @@ def _parse_raw(text: str) -> tuple[HarmonyMessage, ...]:
             cur = _Open()
         elif tok in _TERMINATORS:
             finish(_TERMINATORS[tok])
+        elif cur is not None and cur.phase == "content":
+            # Inside a message's content only <|start|> and the terminators have structure: a header token
+            # there (e.g. "# <|channel|>final" in a code comment) is text of the message.
+            cur.add(m.group(0))
         else:
             if cur is None:
                 cur = _Open()

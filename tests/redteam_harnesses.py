@@ -18,6 +18,10 @@ import time
 
 from ossgym.sandbox.context import guarded_call
 from ossgym.sandbox.restricted import compile_untrusted, load_untrusted
+
+# These harnesses attack one layer alone (they compile, exec and escape on purpose), so the worker does not
+# install the audit hook for them; tests/test_audit.py attacks the hook alone.
+SANDBOX_AUDIT_HOOK = False
 from ossgym.sandbox.task import DEFAULT_IMPORTS
 
 
@@ -162,3 +166,8 @@ def _is_socket(fd):  # noqa: ANN001, ANN202
         return stat.S_ISSOCK(os.fstat(fd).st_mode)
     except OSError:
         return False
+
+
+def call_with_sleeper(fn, payload, ctx):  # noqa: ANN001, ANN201
+    """Hands the code a trusted sleep (untrusted code has none: its time module counts work)."""
+    return ctx.call(time.sleep, payload)

@@ -219,8 +219,78 @@ def test_too_deeply_nested_code_is_a_syntax_error_not_a_crash(expr):
 def test_long_runs_of_blank_lines_are_linear():
     # The "def appears elsewhere" hints once scanned every run of blank lines from each of its line starts:
     # a completion of 400k newlines took minutes in the caller's process (not the sandbox).
-    blank = "\n" * 400_000
+    blank = "\n" * 45_000  # under the source cap; quadratic scanning would still take minutes
     ex = extract_code(blank + "Some prose." + blank + "def strategy(board): pass", "strategy")
     assert ex.status == "no_code" and "outside a code block" in ex.feedback
     ex = extract_code(raw(blank + "  def strategy(board):" + blank, None), "strategy")
     assert ex.status == "no_final" and "only in the reasoning" in ex.feedback
+
+
+# --- Harmony words inside code are code ---------------------------------------------------------------------
+WORDY = "def strategy(board):\n    # assistantfinal: the <|channel|>final answer, then <|return|>\n    return 'W'\n"
+
+
+@pytest.mark.parametrize("wrap", ["plain", "raw", "decoded"])
+def test_harmony_words_in_code_comments_do_not_hide_the_code(wrap):
+    answer = "Here is my strategy:\n" + fence(WORDY)
+    text = {"plain": answer, "raw": raw("Think.", answer), "decoded": decoded("Think.", answer)}[wrap]
+    ex = extract_code(text, "strategy")
+    assert ex.ok and ex.source == WORDY, (ex.status, ex.feedback)
+
+
+def test_header_token_inside_content_is_text():
+    from ossgym.harmony import parse_harmony
+
+    p = parse_harmony(raw("a", "x = 1  # <|channel|>analysis<|message|>y"))
+    assert p.final == "x = 1  # <|channel|>analysis<|message|>y"
+
+
+def test_harmony_words_in_a_string_literal():
+    code = 'def strategy(board):\n    s = "assistantfinal"\n    return "W"\n'
+    ex = extract_code(decoded("ok", fence(code)), "strategy")
+    assert ex.source == code
+
+
+# --- caps before parsing ------------------------------------------------------------------------------------
+def test_huge_completion_is_refused_before_parsing(monkeypatch):
+    import ossgym.envs.code.extract as ex_mod
+
+    def boom(*a, **k):
+        raise AssertionError("parsed a completion over the cap")
+
+    monkeypatch.setattr(ex_mod, "parse_harmony", boom)
+    monkeypatch.setattr(ex_mod.ast, "parse", boom)
+    big = fence(GOOD) * 1 + "x" * (ex_mod.MAX_COMPLETION_BYTES + 1)
+    ex = extract_code(big, "strategy")
+    assert ex.status == "too_large" and ex.cap == "max_completion_bytes" and ex.source is None
+    # multi-byte characters count as bytes
+    ex = extract_code("\u00e9" * (ex_mod.MAX_COMPLETION_BYTES // 2 + 1), "strategy")
+    assert ex.status == "too_large" and ex.cap == "max_completion_bytes"
+
+
+def test_too_many_blocks_are_refused_before_any_is_parsed(monkeypatch):
+    import ossgym.envs.code.extract as ex_mod
+
+    calls = []
+    monkeypatch.setattr(ex_mod, "_defines", lambda *a: calls.append(1) or (False, None, []))
+    ex = extract_code(fence(GOOD) * (ex_mod.MAX_BLOCKS + 1), "strategy")
+    assert ex.status == "too_large" and ex.cap == "max_blocks" and not calls
+
+
+def test_oversized_block_is_not_parsed(monkeypatch):
+    import ossgym.envs.code.extract as ex_mod
+
+    monkeypatch.setattr(ex_mod.ast, "parse", lambda *a, **k: (_ for _ in ()).throw(AssertionError("parsed")))
+    code = GOOD + "# " + "y" * 2000 + "\n"
+    ex = extract_code(fence(code), "strategy", max_source_bytes=1000)
+    assert ex.status == "too_large" and ex.cap == "max_source_bytes"
+
+
+def test_caps_are_parameters():
+    assert extract_code(fence(GOOD), "strategy", max_completion_bytes=10).cap == "max_completion_bytes"
+    assert extract_code(fence(GOOD) * 3, "strategy", max_blocks=2).cap == "max_blocks"
+    assert extract_code(fence(GOOD) * 2, "strategy", max_blocks=2).ok
+
+
+def test_non_str_completion_is_typed():
+    assert extract_code(b"def strategy(b): pass", "strategy").status == "invalid"  # type: ignore[arg-type]

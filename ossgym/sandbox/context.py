@@ -11,6 +11,7 @@ import time
 import traceback as _traceback
 from collections.abc import Callable
 
+from ossgym.sandbox import audit
 from ossgym.sandbox.restricted import FILENAME
 from ossgym.sandbox.result import PlainDataError, encode_plain, validate_plain
 
@@ -84,7 +85,8 @@ def _describe(exc: BaseException, source_lines: list[str]) -> UserError:
         message = str(exc)[:1000]
     except BaseException:  # noqa: BLE001 - a hostile str() must not escape the worker's own handling
         message = "<unprintable>"
-    frames = [f for f in _traceback.extract_tb(exc.__traceback__) if f.filename == FILENAME]
+    with audit.trusted():  # extract_tb reads tb_frame (an audited event) and runs no untrusted code
+        frames = [f for f in _traceback.extract_tb(exc.__traceback__) if f.filename == FILENAME]
     omitted = max(0, len(frames) - _MAX_TB_FRAMES)
     lines = [f"  ... {omitted} more frames" if omitted else ""]
     for f in frames[-_MAX_TB_FRAMES:]:

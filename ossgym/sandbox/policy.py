@@ -5,16 +5,24 @@ message a model can learn from. It is the first layer; restricted compilation an
 from __future__ import annotations
 
 import ast
+import types
+import unicodedata  # noqa: F401 - the parser imports it lazily for non-ASCII identifiers; in the worker's
+#                     empty root nothing can be imported any more, so it is loaded with this module
 
 from ossgym.sandbox.result import Violation
 from ossgym.sandbox.task import SandboxTask
 
-# Attributes that lead to frames, code objects and the interpreter (RestrictedPython's list plus a few).
+# Attributes that lead to frames, code objects and the interpreter: the whole class, not a list of cases:
+# every public member of the frame, traceback, code, generator, coroutine and async-generator types (read
+# from the running interpreter, so a new version's members are covered too) except the generator protocol
+# methods, plus RestrictedPython's list.
+_PROTOCOL_METHODS = frozenset({"send", "throw", "close", "clear", "replace", "aclose", "asend", "athrow"})
 FRAME_ATTRIBUTES = frozenset({
     "tb_frame", "tb_next", "f_back", "f_builtins", "f_code", "f_generator", "f_globals", "f_locals",
     "f_trace", "co_code", "gi_frame", "gi_code", "gi_yieldfrom", "cr_await", "cr_frame", "cr_code",
     "cr_origin", "ag_await", "ag_frame", "ag_code",
-})
+} | {a for t in (types.FrameType, types.TracebackType, types.CodeType, types.GeneratorType, types.CoroutineType,
+                 types.AsyncGeneratorType) for a in dir(t) if not a.startswith("_")} - _PROTOCOL_METHODS)
 # Attributes that hand out a class's bases: Exception.mro() reaches BaseException (the name is forbidden),
 # and an 'except' clause on it would swallow the worker's timer interrupt.
 HIERARCHY_ATTRIBUTES = frozenset({"mro"})
@@ -41,6 +49,7 @@ FORBIDDEN_NAMES = {
     "KeyboardInterrupt": "KeyboardInterrupt may not be used",
     "GeneratorExit": "GeneratorExit may not be used",
     "printed": "'printed' is reserved",
+    "id": "id() is not available: object addresses differ between runs (compare with 'is' instead)",
 }
 for _m in ("sys", "os", "gc", "inspect", "ctypes", "signal", "threading", "subprocess", "socket",
            "importlib", "builtins", "traceback", "types", "weakref", "atexit", "resource"):
@@ -48,10 +57,11 @@ for _m in ("sys", "os", "gc", "inspect", "ctypes", "signal", "threading", "subpr
 
 
 def _name_problem(name: str) -> str | None:
+    """Names: the code's own '_x' names are fine; dunders and the sandbox's '_x_' guard names are not."""
     if name.startswith("__"):
         return f"'{name}': dunder names are not allowed"
-    if name.startswith("_") and name != "_":
-        return f"'{name}': names starting with '_' are not allowed (rename it)"
+    if name.startswith("_") and name.endswith("_") and name != "_":
+        return f"'{name}': names that start and end with '_' are reserved (rename it)"
     return FORBIDDEN_NAMES.get(name)
 
 
@@ -151,8 +161,9 @@ class _Checker(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_keyword(self, node: ast.keyword) -> None:
-        if node.arg is not None and node.arg.startswith("_"):
-            self.add(node, f"keyword argument '{node.arg}' starting with '_' is not allowed")
+        problem = _name_problem(node.arg) if node.arg is not None else None
+        if problem:
+            self.add(node, f"keyword argument {problem}")
         self.generic_visit(node)
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
@@ -238,11 +249,15 @@ def analyze(source: str, task: SandboxTask) -> tuple[ast.Module | None, list[Vio
         return None, [Violation(e.lineno or 1, (e.offset or 1) - 1, f"syntax error: {e.msg}")]
     except (ValueError, RecursionError, MemoryError) as e:
         return None, [Violation(1, 0, f"syntax error: {type(e).__name__}: {e}")]
+    except Exception as e:  # noqa: BLE001 - whatever the parser raises on odd input is a typed result
+        return None, [Violation(1, 0, f"syntax error: the code could not be parsed ({type(e).__name__})")]
     checker = _Checker(task)
     try:
         checker.check_module(tree)
     except RecursionError:
         checker.add(tree, "the code is nested too deeply")
+    except Exception as e:  # noqa: BLE001 - a checker bug on odd input refuses the code, never crashes
+        checker.add(tree, f"the code could not be checked ({type(e).__name__})")
     return tree, checker.violations
 
 

@@ -13,12 +13,15 @@ DEFAULT_IMPORTS = frozenset({"math", "random", "itertools", "functools", "collec
 # inspect, ctypes, signal, threading, subprocess, socket, importlib, builtins, types, dataclasses
 # (exec of generated code from annotations), timeit (exec), pickle, io, numpy (files, ctypes), enum and
 # abc (they hand out metaclasses, whose three-argument call builds classes with dunder methods).
-# A few members of allowed modules are removed from what the code sees (restricted._DROPPED).
+# datetime and calendar are out too: datetime.now()/date.today() read the wall clock (a reward must not depend
+# on it) and strptime imports lazily. A few members of allowed modules are removed from what the code sees
+# (restricted._DROPPED); time and typing are stand-ins. The reasoning per module: docs/python_layer.md.
 VETTED_IMPORTS = frozenset({
     "math", "cmath", "random", "itertools", "functools", "collections", "heapq", "operator", "bisect",
-    "string", "re", "statistics", "fractions", "decimal", "numbers", "array", "struct", "time", "datetime",
-    "calendar", "json", "copy", "textwrap", "unicodedata", "zlib", "hashlib", "base64", "binascii",
-    "typing",  # only its annotation names (restricted._ONLY)
+    "string", "re", "statistics", "fractions", "decimal", "numbers", "array", "struct",
+    "time",  # a work-counting clock, not the real one (restricted.make_time_proxy)
+    "json", "copy", "textwrap", "unicodedata", "zlib", "hashlib", "base64", "binascii",
+    "typing",  # inert annotation names only (restricted.make_typing_proxy)
 })
 
 

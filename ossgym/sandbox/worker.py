@@ -18,6 +18,7 @@ import socket
 import sys
 from collections.abc import Callable
 
+from ossgym.sandbox import audit
 from ossgym.sandbox.context import (CallTimeout, HarnessContext, InvalidOutput, TotalTimeout, UserError,
                                     _clock, _Interrupt, guarded_call, install_timer)
 from ossgym.sandbox import seccomp
@@ -139,7 +140,12 @@ def evaluate(request: dict, payload: object, send: Callable[[bytes, bytes], None
                            violations=[[v.line, v.col, v.message] for v in violations])
     lines = source.splitlines()
     module, _, name = request["trusted"].partition(":")
-    trusted = getattr(importlib.import_module(module), name)
+    trusted_module = importlib.import_module(module)
+    trusted = getattr(trusted_module, name)
+    if not request.get("compromised") and getattr(trusted_module, "SANDBOX_AUDIT_HOOK", True):
+        # pylayer: from here on exec/compile/import/open/os.*/frames... are denied (ossgym/sandbox/audit.py);
+        # off in the compromised test mode and for test harnesses that attack one layer alone
+        audit.install(code)  # type: ignore[arg-type]
     return _run_loaded(request, task, code, lines, trusted, payload, send, deadline)
 
 
@@ -215,6 +221,8 @@ def _serve(handler: Callable, fn: Callable, ctx: HarnessContext, task: SandboxTa
             record = _failure_record(e)
             if record["outcome"] == Outcome.MEMORY_EXCEEDED.value:
                 return record
+            if audit.denied():  # a gadget was tried: the session ends as a policy violation
+                return audit.override(record)
             kind = {"timeout": "timeout", "invalid_output": "invalid", "crashed": "crash"}.get(record["outcome"], "error")
             send(b"e", json.dumps({"kind": kind, "message": record["message"][:2000]}).encode())
             continue
@@ -265,7 +273,7 @@ def spare_main(ctrl: socket.socket, devnull_fd: int, workdir: str, uid: int, use
 
         try:
             payload = decode_plain(raw_payload, len(raw_payload))
-            record = evaluate(request, payload, send)
+            record = audit.override(evaluate(request, payload, send))
         except MemoryError:
             record = _record(Outcome.MEMORY_EXCEEDED, "the evaluation ran out of memory")
         record["stdout"], record["stderr"] = out.text(), err.text()
