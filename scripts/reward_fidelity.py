@@ -4,8 +4,9 @@ Prints a Markdown table per group of references (mean reward, standard error, ga
 in standard errors, games that reached the target, the mean of every reward component, outcomes) and
 whether the bar of issue 4 holds:
 
-- GptOss2048-v0: invalid < constant W < random < greedy < corner < expectimax, each gap > 3 standard
-  errors, random never reaching the target;
+- GptOss2048-v0: invalid < constant W < random < greedy < corner < one-ply expectimax < two-ply
+  expectimax, each gap > 3 standard errors, random never reaching the target, and every game of the
+  one-ply expectimax finished (none cut by the CPU budget);
 - GptOssMatmul-v0: naive < zip < fast, each gap > 3 standard errors; every incorrect or policy-violating
   run below every correct run; cache cheats (correct) below zip.
 
@@ -36,6 +37,9 @@ def check_2048(groups: dict, config: Strategy2048Config, seeds: int) -> list[str
     random_wins = next(s.wins for s in stats if s.name == "random")
     if random_wins:
         problems.append(f"random reached {config.target} in {random_wins} of {seeds * config.num_games} games")
+    for s in stats:
+        if s.name == "expectimax1" and s.components.get("failures", 0.0) < 0:
+            problems.append("the one-ply expectimax had games cut or failed (failures component < 0)")
     return problems
 
 

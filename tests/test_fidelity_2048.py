@@ -1,7 +1,7 @@
 """Reward fidelity of GptOss2048-v0 (the bar of issue 4), at the env's defaults.
 
-The six bundled references (invalid output, constant "W", uniform random, greedy one-step merge, corner
-heuristic, depth-2 expectimax) are scored as completions on evaluation seeds 0..99 through score_batch:
+The seven bundled references (invalid output, constant "W", uniform random, greedy one-step merge, corner
+heuristic, one-ply expectimax, two-ply expectimax) are scored as completions on evaluation seeds 0..99 through score_batch:
 their mean rewards must be strictly ordered worst to best with every gap larger than three standard errors
 (of the difference of the two means), and random must never reach the target. This is one of the slowest
 tests (about 600 evaluations, most of the time in the expectimax reference): one pool, one batch.
@@ -42,6 +42,12 @@ def test_every_reference_is_evaluated_not_crashed(stats):
         assert s.outcomes == {"ok": len(SEEDS)}, (s.name, s.outcomes)
         assert s.components["format"] == 0.5 and s.components["policy"] == 0.5 and s.components["crash"] == 0.0
     assert next(s for s in stats if s.name == "invalid_output").components["failures"] == -1.0
+
+
+def test_one_ply_expectimax_finishes_its_games_and_ranks_above_greedy_and_corner(stats):
+    by = {s.name: s for s in stats}
+    assert by["expectimax1"].components["failures"] == 0.0  # no game cut by the CPU budget
+    assert by["expectimax1"].mean > by["corner"].mean > by["greedy_merge"].mean
 
 
 def test_ordering_problems_detects_ties_and_inversions():

@@ -16,9 +16,9 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import ossgym  # noqa: F401  (registers the envs)
-from ossgym.envs.code import harness_matmul
 from ossgym.envs.code.base import derived_seed, score_batch
-from ossgym.envs.code.matmul import GptOssMatmulEnv, MatmulConfig, MatmulTask, read_timing
+from ossgym.envs.code.matmul import GptOssMatmulEnv, MatmulConfig, MatmulTask
+from ossgym.envs.code.matmul.judge import correctness_cases
 from ossgym.envs.code.references import (
     MATMUL_CACHE_CHEATS,
     MATMUL_CORRECT,
@@ -29,7 +29,7 @@ from ossgym.envs.code.references import (
 from ossgym.errors import ConfigError
 from ossgym.sandbox import Outcome, SandboxPool, SandboxResult
 
-FIDELITY_SEEDS = 12  # per correct reference; deterministic outcomes use fewer
+FIDELITY_SEEDS = 24  # per correct reference; deterministic outcomes use fewer
 NON_SPEED = ("format", "policy", "correctness", "crash")
 
 
@@ -79,18 +79,17 @@ def test_prompt_states_the_rules(task):
                    "when k = 0", "`B` is []", "no bools",
                    "you may import only bisect, collections, functools, heapq, itertools, math, operator, random",
                    "0.1 s of CPU time", "3 s", "fresh", "triple loop", "7 trials", "new values in every trial",
-                   "no numpy"):
+                   "No numpy"):
         assert needle in text, needle
 
 
 # --- determinism and seeds -----------------------------------------------------------------------------------
 
 def test_cases_come_one_way_from_the_eval_seed(task):
-    p1, p2, p3 = task.payload(5), task.payload(5), task.payload(6)
-    assert p1 == p2 and p1 != p3
-    assert task.cases(5) == harness_matmul.correctness_cases(derived_seed("ossgym.GptOssMatmul", "cases", 5), 12)
-    assert task.cases(5) != harness_matmul.correctness_cases(5, 12)  # not the raw evaluation seed
-    speed_seed = p1["speed"]["seed"]
+    assert task.cases(5) == task.cases(5) != task.cases(6)
+    assert task.cases(5) == correctness_cases(derived_seed("ossgym.GptOssMatmul", "cases", 5), 12)
+    assert task.cases(5) != correctness_cases(5, 12)  # not the raw evaluation seed
+    speed_seed = task.driver(5).speed_seed
     assert speed_seed == derived_seed("ossgym.GptOssMatmul", "speed", 5)
     assert len({speed_seed, derived_seed("ossgym.GptOssMatmul", "cases", 5), task.sandbox_task(5).seed}) == 3
 
@@ -140,7 +139,7 @@ def test_incorrect_references_are_rejected_with_the_failing_case_named(task, poo
     for name, (r,) in results.items():
         assert r.components["correctness"] == -1.0 and r.components["speed"] == 0.0, name
         assert "No speed reward" in r.feedback, name
-        assert CASE_NAME.search(r.feedback) or "speed trials stopped: trial " in r.feedback, (name, r.feedback)
+        assert CASE_NAME.search(r.feedback) or re.search(r"speed trial \d+: ", r.feedback), (name, r.feedback)
     assert "max relative error" in results["off_by_one"][0].feedback
     assert "row 0 is a tuple" in results["tuple_rows"][0].feedback
     assert "IndexError" in results["raises"][0].feedback and "line 2, in matmul" in results["raises"][0].feedback
@@ -168,16 +167,12 @@ def test_exact_types_are_required(task, pool):
     assert "is a bool" in results["bools"][0].feedback
     assert "a float subclass" in results["float_subclass"][0].feedback
     for name, (r,) in results.items():
-        assert r.components["correctness"] == -1.0 and r.details["cases_ok"] is False, name
+        assert r.components["correctness"] == -1.0 and r.details["cases_ok"] < len(task.cases(31)), name
     # A numpy float (or any subclass) that reached the caller would be refused by the caller's own check too.
-    result = pool.evaluate(MATMUL_CORRECT["zip"], task.sandbox_task(31), task.payload(31))
-    payload = task.payload(31)
-    assert task.judge(result, payload)[0]["correctness"] == 1.0
+    from ossgym.envs.code.matmul.judge import check_matrix
+
     for bad in (np.float64(0.5), True, 1.0 + 0j):
-        value = {**result.value, "cases": [dict(c) for c in result.value["cases"]]}
-        value["cases"][0] = {"status": "ok", "value": [[bad] * len(row) for row in value["cases"][0]["value"]]}
-        components, feedback, _ = task.judge(dataclasses.replace(result, value=value), payload)
-        assert components["correctness"] == -1.0 and components["speed"] == 0.0 and "case 0" in feedback, bad
+        assert check_matrix([[bad]], 1, 1) is not None, bad
 
 
 MUTATES_AND_LIES = '''
@@ -231,7 +226,7 @@ def test_inputs_are_fresh_objects_and_mutation_gains_nothing(task, pool):
                                "id_cache": ID_CACHE, "zip": MATMUL_CORRECT["zip"]}, seeds)
     # Every call (cases and trials) got objects and values it had never seen: the spy stays correct.
     assert all(r.details["correct"] for r in results["spy"])
-    # Zeroing the inputs cannot make the reference agree with a zero result: the harness holds its own copies.
+    # Zeroing the inputs cannot make the reference agree with a zero result: the caller holds its own products.
     assert all(r.components["correctness"] == -1.0 for r in results["mutates_and_lies"])
     assert all(r.details["correct"] for r in results["mutates_after"])
     # Caching by id either returns a stale product (wrong) or never hits: it never beats plain zip by the
@@ -264,38 +259,10 @@ def test_timeouts_and_errors_never_earn(task, pool):
     results = run(task, pool, {"slow": slow_when_big, "raises": raises_when_big}, [61])
     slow, raises = results["slow"][0], results["raises"][0]
     assert slow.components["correctness"] == -1.0 and slow.components["speed"] == 0.0
-    assert "trial 0: the call took longer than the per-call limit" in slow.feedback
+    assert "speed trial 0: timed out" in slow.feedback
     assert raises.components["correctness"] == -1.0 and raises.components["speed"] == 0.0
     assert "ValueError: big" in raises.feedback
 
-
-def test_timing_inconsistent_with_the_callers_clock_is_refused(task, pool):
-    payload = task.payload(71)
-    result = pool.evaluate(MATMUL_CORRECT["fast_map"], task.sandbox_task(71), payload)
-    assert read_timing(result, result.value["speed"]).problem is None
-    c = task.config
-    cases = [
-        dataclasses.replace(result, wall_time_s=result.value["timed_s"] / 2),  # harness claims more than elapsed
-    ]
-    trials = [dict(t) for t in result.value["speed"]["trials"]]
-    trials[0]["fn_s"] = trials[0]["fn_wall_s"] + 0.5  # more CPU than wall time in a trial
-    cases.append(dataclasses.replace(result, value={**result.value, "speed": {**result.value["speed"], "trials": trials}}))
-    for forged in cases:
-        components, feedback, _ = task.judge(forged, payload)
-        assert components["correctness"] == 1.0 and "timing was refused" in feedback
-        assert components["speed"] == c.speed_weight * c.speed_min_log2
-
-
-
-@pytest.mark.parametrize("status", [["ok"], {"x": 1}, None, 3])
-def test_malformed_case_status_from_a_hostile_worker_is_incorrect_not_a_crash(task, status):
-    # The worker's value is plain data but its shape is untrusted: an unhashable status once raised
-    # TypeError (a dict lookup) out of judge, i.e. out of score().
-    payload = task.payload(5)
-    value = {"cases": [{"status": status, "detail": "d"}] * len(payload["cases"]), "speed": None, "timed_s": 0.1}
-    components, feedback, details = task.judge(SandboxResult(Outcome.OK, value, "", wall_time_s=1.0), payload)
-    assert components["correctness"] == -task.config.correct_weight and details["correct"] is False
-    assert feedback.startswith("Not correct: case 0")
 
 # --- batch scoring -------------------------------------------------------------------------------------------
 
@@ -320,7 +287,7 @@ def test_score_batch_keeps_order_and_agrees_with_step(pool):
 
 @pytest.mark.parametrize("field, value", [
     ("case_max_dim", 2), ("speed_shape", (48, 0, 48)), ("speed_shape", (48, 48)), ("speed_trials", 0),
-    ("sample_positions", 0), ("rtol", 0.5), ("rtol", 1), ("call_time_limit_s", 0), ("time_budget_s", 0.1),
+    ("rtol", 0.5), ("rtol", 1), ("call_time_limit_s", 0), ("time_budget_s", 0.1),
     ("correct_weight", 0.0), ("speed_weight", -1.0), ("speed_max_log2", math.inf),
     ("speed_min_log2", -3.0),  # a slow correct function would fall to an incorrect one's reward
 ])
@@ -373,7 +340,7 @@ def test_work_deferred_to_a_finalizer_is_timed_or_too_late(task, pool):
     assert all(r.details["correct"] and r.reward < zip_mean + 0.5 for r in results["deferred"])
     assert all(r.details["speedup"] < 4 for r in results["deferred"])  # the deferred work was on the clock
     for r in results["cyclic"]:
-        assert r.components["correctness"] == -1.0 and "trial 0: row 0 has 0 entries" in r.feedback
+        assert r.components["correctness"] == -1.0 and "speed trial 0: invalid result, row 0 has 0 entries" in r.feedback
 
 
 HANGS_IN_GC = '''
@@ -396,12 +363,14 @@ def matmul(A, B):
 '''
 
 
-def test_an_evaluation_that_dies_is_a_crash_and_earns_nothing(task, pool):
-    """Code that hangs outside any call (in a finalizer a gc runs) is killed at the total limit."""
-    (r,) = run(task, pool, {"hangs": HANGS_IN_GC}, [93])["hangs"]
-    assert r.outcome == Outcome.TIMEOUT.value and r.components["crash"] == -1.0
-    assert r.components["correctness"] == -1.0 and r.components["speed"] == 0.0
-    assert "all 9 correctness cases passed" in r.feedback and "total limit" in r.feedback
+def test_work_left_to_a_finalizer_earns_nothing_extra(task, pool):
+    """Code that leaves a hang in a finalizer: if a gc runs it inside a request, the caller's CPU clock counts
+    it (the call times out or the liveness limit ends the worker: incorrect); if no gc runs it, it never
+    runs at all. Either way the function earns at most what its plain products earn (it is zip)."""
+    results = run(task, pool, {"hangs": HANGS_IN_GC, "zip": MATMUL_CORRECT["zip"]}, [93])
+    (r,), (z,) = results["hangs"], results["zip"]
+    assert r.details["correct"] or (r.components["correctness"] == -1.0 and r.components["speed"] == 0.0)
+    assert r.components["speed"] <= z.components["speed"] + 0.5
 
 
 def test_options_and_revisions_across_turns(pool):

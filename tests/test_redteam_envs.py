@@ -274,20 +274,27 @@ def marker_processes() -> list[int]:
     return found
 
 
+def secrets(task) -> object:
+    """What the caller derives for SEED (game seeds, or cases and the speed seed): nothing may change it."""
+    if hasattr(task, "game_seeds"):
+        return task.game_seeds(SEED)
+    return task.cases(SEED), task.driver(SEED).speed_seed
+
+
 def run_batch(pool: SandboxPool, task, sources: dict[str, str], honest_source: str, canaries: dict[str, object]) -> dict:
     """Score every attack and the honest reference in one batch; check what every attack must keep."""
     names = list(sources)
     completions = [as_completion(sources[n]) for n in names] + [as_completion(honest_source)]
     seeds = [SEED] * len(completions)
     kept_completions, kept_seeds = list(completions), list(seeds)
-    payload_before = copy.deepcopy(task.payload(SEED))
+    driver_before = secrets(task)
     config_before = copy.deepcopy(task.config)
     before = caller_state()
     children_before = {c.pid for c in psutil.Process().children() if c.status() != psutil.STATUS_ZOMBIE}
     results = score_batch(task, completions, seeds, pool)  # must not raise, whatever the completions do
     assert caller_state() == before
     assert completions == kept_completions and seeds == kept_seeds
-    assert task.payload(SEED) == payload_before and task.config == config_before
+    assert secrets(task) == driver_before and task.config == config_before
     assert all(isinstance(r, ScoreResult) for r in results)
     # no process left behind: every worker that ran an attack is gone (a zombie awaits its reap at most),
     # the test process has no new children but the pool's template, and no attack-spawned process exists
@@ -308,7 +315,7 @@ def run_batch(pool: SandboxPool, task, sources: dict[str, str], honest_source: s
 
 # --- GptOss2048-v0 ---------------------------------------------------------------------------------------------
 
-TASK_2048 = Strategy2048Task(Strategy2048Config(num_games=3, time_budget_s=3.0))
+TASK_2048 = Strategy2048Task(Strategy2048Config(num_games=3))
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """Reference completions: they pass the sandbox policy, extract cleanly, and rank as the fidelity bar needs.
 
 The sources are exec'd here in-process ONLY to sanity-check them in tests (library code never does this;
-the envs run them through the sandbox). Games are played through the real trusted harness with a fake ctx
-and scored by replaying the returned moves, as the env will.
+the envs run them through the sandbox). Games are played by the real caller-side driver and worker-side
+handler through an in-process session (tests/session_fake.py).
 """
 
 import ast
@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 from RestrictedPython import compile_restricted_exec
 
-from fake_sandbox_ctx import FakeCtx
-from ossgym.envs.code import harness2048, harness_matmul
+from session_fake import FakeSession
+from ossgym.envs.code.matmul import MatmulConfig, MatmulTask
+from ossgym.envs.code.matmul.judge import correctness_cases, naive_matmul
+from ossgym.envs.code.strategy2048.judge import GamesDriver
+from ossgym.envs.code.base import make_sandbox_task
 from ossgym.envs.code.extract import extract_code
 from ossgym.envs.code.references import (
     MATMUL_CACHE_CHEATS,
@@ -56,7 +59,7 @@ def policy_problems(source: str, entrypoint: str) -> list[str]:
         from ossgym.sandbox import SandboxTask, check_policy
     except ImportError:
         return problems
-    problems.extend(v.message for v in check_policy(source, SandboxTask(entrypoint=entrypoint, harness="x:y")))
+    problems.extend(v.message for v in check_policy(source, make_sandbox_task(entrypoint=entrypoint, handler="x:y")))
     return problems
 
 
@@ -91,12 +94,11 @@ def load(source: str, entrypoint: str):
     return namespace[entrypoint]
 
 
-def play_and_replay(fn, seeds, max_moves):
-    """Play via the trusted harness (fake ctx), then score each game by replaying its moves (as the env will)."""
-    payload = harness2048.make_payload(seeds, max_moves=max_moves)
-    out = harness2048.harness(fn, payload, FakeCtx(fn, total_s=1e9))
-    games = harness2048.replay_result(out, payload)
-    return [g.score for g in games], [g.max_tile for g in games], out["games"]
+def play(fn, seeds, max_moves):
+    """Play the games with the caller-side driver; the worker side is the real handler, in-process."""
+    driver = GamesDriver(list(seeds), max_moves=max_moves, time_budget_s=1e9)
+    driver(FakeSession(fn, "ossgym.envs.code.strategy2048.handler:handle", call_limit_s=1e9))
+    return [g.score for g in driver.games], [g.max_tile for g in driver.games], driver.games
 
 
 def test_2048_references_are_ordered_on_a_handful_of_seeds():
@@ -104,12 +106,12 @@ def test_2048_references_are_ordered_on_a_handful_of_seeds():
     seeds = list(range(11, 31))  # 20 seeds: every gap is over 3 standard errors at this size
     means = {}
     for name, src in REFERENCES_2048.items():
-        scores, tiles, games = play_and_replay(load(src, "strategy"), seeds, max_moves=600)
+        scores, tiles, games = play(load(src, "strategy"), seeds, max_moves=600)
         means[name] = float(np.mean(scores))
         if name == "invalid_output":
-            assert all(g["end"] == "invalid_output" and g["moves"] == "" for g in games)
+            assert all(g.end == "invalid_output" and g.moves == 0 for g in games)
         if name == "constant_w":
-            assert all(g["end"] == "stalled" for g in games)
+            assert all(g.end == "stalled" for g in games)
         if name == "random":
             assert max(tiles) < 2048
     ordered = list(REFERENCES_2048)
@@ -117,26 +119,25 @@ def test_2048_references_are_ordered_on_a_handful_of_seeds():
     assert len(set(means.values())) == len(means), means
 
 
+def _matmul_driver(fn, seed=7):
+    task = MatmulTask(MatmulConfig(speed_trials=2, speed_shape=(24, 16, 12)))
+    driver = task.driver(seed, paired=False)
+    driver(FakeSession(fn, task.handler, call_limit_s=1e9))
+    return task, driver
+
+
 def test_matmul_references_verified_by_caller():
-    cases = harness_matmul.correctness_cases(7)
-    payload = harness_matmul.make_payload(cases, speed_seed=8, trials=2, shape=(24, 16, 12))
     for name, src in {**MATMUL_CORRECT, **MATMUL_CACHE_CHEATS}.items():
-        fn = load(src, "matmul")
-        out = harness_matmul.harness(fn, payload, FakeCtx(fn))
-        assert harness_matmul.verify_result(out, cases, payload)[:2] == (True, True), name
+        assert _matmul_driver(load(src, "matmul"))[1].correct, name
     for name, src in MATMUL_INCORRECT.items():
-        fn = load(src, "matmul")
-        out = harness_matmul.harness(fn, payload, FakeCtx(fn))
-        assert harness_matmul.verify_result(out, cases, payload)[:2] != (True, True), name
+        assert not _matmul_driver(load(src, "matmul"))[1].correct, name
 
 
 def test_cache_cheat_never_hits_in_speed_trials():
-    cases = harness_matmul.correctness_cases(7)
-    payload = harness_matmul.make_payload(cases, speed_seed=8, trials=3, shape=(24, 16, 12))
     fn = load(MATMUL_CACHE_CHEATS["content_cache"], "matmul")
-    harness_matmul.harness(fn, payload, FakeCtx(fn))
+    task, driver = _matmul_driver(fn)
     cache = fn.__defaults__[0]
-    assert len(cache) == len(cases) + 3  # every call missed: nothing was ever served from the cache
+    assert len(cache) == len(driver.cases) + 2  # every call missed: nothing was ever served from the cache
 
 
 def restricted_load(source: str, entrypoint: str):
@@ -188,11 +189,11 @@ def test_2048_references_run_restricted_like_plain(name):
 def test_matmul_references_run_restricted_like_plain(name):
     src = {**MATMUL_CORRECT, **MATMUL_CACHE_CHEATS}[name]
     plain, restricted = load(src, "matmul"), restricted_load(src, "matmul")
-    for A, B in harness_matmul.correctness_cases(4):
+    for A, B in correctness_cases(4):
         assert restricted(A, B) == plain(A, B)
 
 
 def test_bundled_baseline_is_the_naive_reference():
     naive = load(MATMUL_CORRECT["naive"], "matmul")
-    for A, B in harness_matmul.correctness_cases(9):
-        assert naive(A, B) == harness_matmul.naive_matmul(A, B)  # same float operations in the same order
+    for A, B in correctness_cases(9):
+        assert naive(A, B) == naive_matmul(A, B)  # same float operations in the same order

@@ -1,7 +1,7 @@
-"""GptOss2048-v0 through its public surfaces (gymnasium.make, step, score, score_batch, judge).
+"""GptOss2048-v0 through its public surfaces (gymnasium.make, step, score, score_batch).
 
-Every completion runs in a real sandbox worker (a module-scoped SandboxPool(2)); only the forged-result
-tests call the trusted judge directly. Small configurations (2 or 3 games) keep the suite fast where the
+Every completion runs in a real sandbox worker (a module-scoped SandboxPool(2)); the caller-side driver and
+judge alone (forged replies, budgets) are tested in tests/test_strategy2048_judge.py. Small configurations (2 or 3 games) keep the suite fast where the
 default of 8 games adds nothing.
 """
 
@@ -17,8 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ossgym  # noqa: F401  (registers the environments)
-from fake_sandbox_ctx import FakeCtx
-from ossgym.envs.code import harness2048
+from session_fake import run_local
 from ossgym.envs.code.base import ScoreResult, score, score_batch
 from ossgym.envs.code.references import REFERENCES_2048, as_completion
 from ossgym.envs.code.strategy2048 import GptOss2048Env, Strategy2048Config, Strategy2048Task
@@ -26,7 +25,7 @@ from ossgym.envs.game2048.engine import KEY_TO_ACTION, Game2048
 from ossgym.errors import ConfigError
 from ossgym.sandbox import Outcome, SandboxPool, SandboxResult
 
-SMALL = {"num_games": 3, "time_budget_s": 3.0}
+SMALL = {"num_games": 3}
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +90,10 @@ def test_prompt_states_how_many_stalled_moves_end_a_game(max_stalled):
     # The number the prompt gives must be the one the harness plays by (it ends a game on the move that
     # makes the run longer than max_stalled_moves).
     task = Strategy2048Task(Strategy2048Config(num_games=1, max_stalled_moves=max_stalled))
-    out = harness2048.harness(lambda board: "W", task.payload(3), FakeCtx(lambda board: "W"))
-    (game,) = out["games"]
-    assert game["end"] == "stalled"
-    stalled = next(n for n in range(len(game["moves"]), 0, -1)
-                   if np.array_equal(replay(game["seed"], game["moves"][:-n]).board, replay(game["seed"], game["moves"]).board))
+    _, driver, _ = run_local(task, lambda board: "W", 3)
+    (game,) = driver.games
+    assert game.end == "stalled"
+    stalled = game.stalled
     said = f"{stalled} such moves in a row end the game." if stalled > 1 else "such a move ends the game."
     assert said in task.instructions()
 
@@ -105,7 +103,7 @@ def test_prompt_states_how_many_stalled_moves_end_a_game(max_stalled):
 def test_same_seed_and_completion_same_reward(pool, name):
     rewards = []
     for _ in range(2):
-        env = make(pool)  # defaults: 8 games, 5 s budget
+        env = make(pool)  # defaults: 8 games
         env.reset(seed=123)
         _, reward, terminated, truncated, info = env.step(ref(name))
         assert terminated and not truncated
@@ -230,12 +228,12 @@ def test_policy_violation(pool, small_task):
 
 
 def test_runtime_error_in_some_games_costs_those_games(pool, small_task):
-    # Fails on the start board when its top row is empty (about half the games), else plays corner-ish.
+    # Fails on the start board when its top row holds a tile (about half the games), else plays on.
     src = """
 def strategy(board, seen={}):
     n = seen.get("calls", 0)
     seen["calls"] = n + 1
-    if sum(sum(r) for r in board) <= 8 and sum(board[0]) == 0:
+    if sum(sum(r) for r in board) <= 8 and sum(board[0]) != 0:
         return 1 // 0
     return "S" if n % 2 else "A"
 """
@@ -273,11 +271,17 @@ def test_invalid_return_values_lose_the_game(pool, small_task):
 
 
 def test_numpy_str_is_invalid_output():
-    # numpy cannot be imported by a completion (policy); the harness still refuses numpy's str types.
+    # numpy cannot be imported by a completion (policy); the handler still refuses numpy's str types.
+    task = Strategy2048Task(Strategy2048Config(num_games=1))
     for value in (np.str_("W"), np.array(["W"])[0], np.bytes_(b"W")):
-        ctx = FakeCtx(lambda board, v=value: v)
-        out = harness2048.harness(ctx.fn, harness2048.make_payload([1]), ctx)
-        assert out["games"][0]["end"] == "invalid_output" and out["games"][0]["moves"] == ""
+        from ossgym.envs.code.strategy2048.handler import handle
+
+        class Ctx:
+            def call(self, board, v=value):
+                return v
+
+        (item,) = handle(None, {"size": 4, "boards": ["0" * 16]}, Ctx())
+        assert item["fail"] == "invalid_output"
 
 
 def test_numpy_import_is_a_policy_violation(pool, small_task):
@@ -307,11 +311,10 @@ def test_memory_blow_up_is_a_crash(pool, small_task):
     sources = ["def strategy(board):\n    x = [0] * (10 ** 10)\n    return 'W'\n",
                "def strategy(board):\n    x = 'a' * (2 ** 34)\n    return 'W'\n"]
     for r in _score_all(small_task, pool, sources):
-        assert r.outcome == "memory_exceeded", (r.outcome, r.feedback)
-        assert r.components["crash"] == -1.0
-        assert r.details["games"][0]["end"] == "error"  # the game in progress is reported, the rest are not
-        assert [g["end"] for g in r.details["games"][1:]] == ["missing", "missing"]
-        assert "MemoryError" in r.feedback
+        assert r.components["crash"] == -1.0, (r.outcome, r.feedback)
+        # the worker is gone: every live game ends with it, as far as it got (here: at its first move)
+        assert [g["end"] for g in r.details["games"]] == ["crash"] * 3
+        assert "memory" in r.feedback.lower(), r.feedback
 
 
 def test_never_raises_in_the_caller(pool, small_task):
@@ -420,7 +423,7 @@ def test_score_batch_seed_count_must_match(pool, small_task):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(max_size=200))
 def test_any_text_gets_a_result_whose_components_sum(pool, text):
-    task = Strategy2048Task(Strategy2048Config(num_games=1, time_budget_s=1.0))
+    task = Strategy2048Task(Strategy2048Config(num_games=1))
     r = score(task, text, 0, pool)
     assert_sums(r)
     assert r.outcome in {"no_code"} | {o.value for o in Outcome}
@@ -443,15 +446,16 @@ def test_any_text_gets_a_result_whose_components_sum(pool, text):
         ({"max_stalled_moves": -1}, "max_stalled_moves"),
         ({"move_time_limit_s": 0}, "move_time_limit_s"),
         ({"move_time_limit_s": "fast"}, "move_time_limit_s"),
-        ({"time_budget_s": 0.1}, "time_budget_s"),
+        ({"time_budget_s": 0}, "time_budget_s"),
         ({"time_budget_s": 1e9}, "time_budget_s"),
+        ({"move_budget_s": 0.5}, "move_budget_s"),  # above the per-move limit
         ({"bogus_option": 1}, "options"),
         ({"max_turns": 0}, "max_turns"),
         ({"max_turns": 1.5}, "max_turns"),
         ({"reasoning_effort": "max"}, "reasoning_effort"),
         ({"render_mode": "human"}, "render_mode"),
         ({"allowed_imports": frozenset({"os"})}, "allowed_imports"),
-        ({"num_games": 256, "max_moves": 4000}, "num_games"),  # the move records would not fit the result cap
+        ({"num_games": 10**6}, "num_games"),
     ],
 )
 def test_bad_options_raise_config_error_naming_the_field(pool, kwargs, field):
@@ -480,74 +484,13 @@ def test_render_ansi(pool):
     assert env.render().startswith("reward +")
 
 
-# --- only the replay counts ------------------------------------------------------------------------------------
+# --- the caller's engine tables ------------------------------------------------------------------------------
 
-def _judge(task, value, outcome=Outcome.OK):
-    payload = task.payload(31)
-    result = SandboxResult(outcome, value, "forged" if outcome is not Outcome.OK else "ok")
-    return payload, task.judge(result, payload)
+def test_the_caller_builds_the_engine_tables_once():
+    # The 4x4 tables are built when the judge module is imported (in the caller, where the games now run),
+    # not inside any evaluation's budget.
+    from ossgym.envs.game2048 import engine
 
+    import ossgym.envs.code.strategy2048.judge  # noqa: F401
 
-def test_forged_game_records_cannot_raise_the_reward(small_task):
-    payload = small_task.payload(31)
-    seeds = payload["seeds"]
-    honest_moves = ["SA" * 40, "SD" * 40, "AS" * 40]
-    honest = {"games": [{"seed": s, "moves": m, "end": "over", "detail": "", "error_type": None, "traceback": None,
-                         "time_s": 0.1} for s, m in zip(seeds, honest_moves)]}
-    _, (c_honest, _, d_honest) = _judge(small_task, honest)
-    # the claimed outcome fields are ignored: score, max tile, "target" end, extra keys
-    forged = {"games": [{**g, "end": "target", "score": 10 ** 9, "max_tile": 2 ** 17, "board": [[2048] * 4] * 4,
-                         "win": True, "reward": 100.0} for g in honest["games"]], "reward": 99.0, "wins": 3}
-    _, (c_forged, _, d_forged) = _judge(small_task, forged)
-    assert c_forged == c_honest
-    outcome_of = lambda d: [(g["seed"], g["moves"], g["score"], g["max_tile"]) for g in d["games"]]  # noqa: E731
-    assert outcome_of(d_forged) == outcome_of(d_honest)
-    assert c_forged["win"] == 0.0
-    for g, moves in zip(d_honest["games"], honest_moves):  # exactly what the trusted engine replays
-        game = replay(g["seed"], moves)
-        assert (g["score"], g["max_tile"]) == (game.score, game.max_tile)
-
-
-@pytest.mark.parametrize("mutate", [
-    lambda g: {**g, "seed": g["seed"] + 1},           # someone else's game
-    lambda g: {**g, "moves": g["moves"] + "X"},        # not a move letter
-    lambda g: {**g, "moves": list(g["moves"])},        # not a str
-    lambda g: {**g, "moves": "S" * 6000},              # more moves than max_moves
-    lambda g: {**g, "end": "won"},                     # not a known end
-    lambda g: [g],                                     # not a dict
-])
-def test_malformed_records_count_as_no_moves(small_task, mutate):
-    payload = small_task.payload(31)
-    good = {"seed": payload["seeds"][0], "moves": "SASASASA", "end": "over", "detail": ""}
-    _, (components, _, details) = _judge(small_task, {"games": [mutate(good)]})
-    g = details["games"][0]
-    assert g["end"] == "bad_record" and g["moves"] == 0
-    assert (g["score"], g["max_tile"]) == (0, replay(g["seed"], "").max_tile)
-    assert [x["end"] for x in details["games"][1:]] == ["missing", "missing"]
-
-
-@pytest.mark.parametrize("value", [None, 7, "games", [], {"games": None}, {"games": "SASA"}, {"games": [None] * 3}])
-def test_non_results_replay_as_nothing(small_task, value):
-    _, (components, feedback, details) = _judge(small_task, value, Outcome.CRASHED)
-    assert components["crash"] == -1.0 and components["win"] == 0.0 and components["score"] == 0.0
-    assert all(g["moves"] == 0 for g in details["games"])
-    assert "crashed" in feedback
-
-
-def test_checkpoint_of_a_killed_worker_counts_as_far_as_it_got(small_task):
-    payload = small_task.payload(31)
-    first = {"seed": payload["seeds"][0], "moves": "SASA" * 30, "end": "over", "detail": ""}
-    _, (components, _, details) = _judge(small_task, {"games": [first]}, Outcome.TIMEOUT)
-    assert details["games"][0]["moves"] == 120 and details["games"][0]["score"] > 0
-    assert components["crash"] == -1.0
-
-
-def test_workers_inherit_the_engine_tables(pool):
-    # Built lazily, the 4x4 tables cost every evaluation ~0.3 s of its time budget (the first game was cut
-    # at 0 moves with time_budget_s=1). The harness builds them at import, before the template forks workers.
-    from ossgym.sandbox import SandboxTask
-
-    task = SandboxTask(entrypoint="f", harness="probe_harnesses:engine_tables_ready")
-    for _ in range(2):
-        r = pool.evaluate("def f(x):\n    return 1\n", task, None)
-        assert r.ok and r.value == {"tables_cached": 1}, (r.outcome, r.message, r.value)
+    assert engine.tables() is engine.tables()

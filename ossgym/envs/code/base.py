@@ -3,9 +3,11 @@
 Scoring one completion (the data flow of shared/DESIGN.md):
 
 1. :func:`~ossgym.envs.code.extract.extract_code` finds the answer code (final channel only).
-2. The sandbox pool runs it: static policy, restricted compile, the task's trusted harness in a worker.
-3. The task's trusted :meth:`CodeTask.judge` turns the plain results into reward components
-   (re-deriving the outcome itself: replaying games, checking products against its own reference).
+2. The sandbox pool loads it in a fresh worker (static policy, restricted compile) beside the task's
+   trusted worker-side handler, and runs the task's caller-side driver against that worker's session:
+   the driver holds every secret and every clock (game states and spawn generators, inputs and expected
+   outputs, CPU budgets read from outside the worker) and sends the worker only plain requests.
+3. The task's trusted :meth:`CodeTask.judge` turns the driver's own state into reward components.
 
 Every completion gets a :class:`ScoreResult`, whatever it contains; nothing the completion does can raise
 in the caller. The components always sum to the reward.
@@ -13,11 +15,13 @@ in the caller. The components always sum to the reward.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import logging
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
@@ -25,9 +29,11 @@ import numpy as np
 
 from ossgym.envs.code.extract import Extraction, extract_code
 from ossgym.envs.code.spaces import CompletionSpace
-from ossgym.errors import ConfigError
+from ossgym.errors import ConfigError, SandboxError
 from ossgym.harmony import REASONING_EFFORTS
-from ossgym.sandbox import Outcome, SandboxPool, SandboxResult, SandboxTask, default_pool
+from ossgym.sandbox import DEFAULT_IMPORTS, Outcome, SandboxPool, SandboxResult, SandboxTask, default_pool
+from ossgym.sandbox.policy import FORBIDDEN_NAMES, FRAME_ATTRIBUTES, check_policy
+from ossgym.sandbox.task import VETTED_IMPORTS
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +44,42 @@ def derived_seed(namespace: str, kind: str, seed: int) -> int:
     """A seed for one use (``kind``) of an evaluation seed; one-way, so one use reveals nothing about another."""
     digest = hashlib.sha256(f"{namespace}:{kind}:{seed}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+def make_sandbox_task(*, handler: str, **fields: Any) -> SandboxTask:
+    """A SandboxTask naming the task's worker-side handler (one place that knows the sandbox's field name)."""
+    key = "handler" if "handler" in SandboxTask.__dataclass_fields__ else "harness"
+    return SandboxTask(**{key: handler}, **fields)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A session reply as the drivers read it: ``ok`` and a plain ``value``, or a failure ``kind``/``message``."""
+
+    ok: bool
+    value: Any = None
+    kind: str = ""  # "timeout", "memory", "crash", "error", "invalid" ... when not ok
+    message: str = ""
+
+
+def read_reply(reply: Any) -> Reply:
+    """Normalise a sandbox session reply (whatever its class) into a :class:`Reply`; never raises."""
+    try:
+        ok = getattr(reply, "ok", False) is True
+        if ok:
+            return Reply(True, getattr(reply, "value", None))
+        kind = getattr(reply, "kind", None) or getattr(reply, "outcome", None) or "error"
+        kind = getattr(kind, "value", kind)
+        message = getattr(reply, "message", "")
+        return Reply(False, None, str(kind)[:40], message[:2000] if type(message) is str else "")
+    except Exception as exc:  # noqa: BLE001 - a reply object is the sandbox's, but stay total
+        return Reply(False, None, "invalid", f"unreadable reply ({type(exc).__name__})")
+
+
+def session_cpu(session: Any, name: str) -> float:
+    """The caller-measured CPU seconds ``session.<name>`` (``cpu_s`` or ``last_cpu_s``), as a float."""
+    v = getattr(session, name)
+    return float(v)
 
 
 @dataclass(frozen=True)
@@ -76,21 +118,122 @@ class ScoreResult:
     details: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TaskConfig:
+    """Options every code task shares (each task's config subclasses it and adds its own fields).
+
+    ================ ============ ==================================================================
+    field            default      meaning
+    ================ ============ ==================================================================
+    allowed_imports  math, ...    modules the code may import (a subset of the sandbox's vetted set)
+    memory_mb        512          memory the evaluation may add in the worker
+    liveness_wall_s  120.0        wall seconds after which a stuck worker is killed; never a budget
+                                  (budgets are CPU time measured by the caller, see each task)
+    weights          FormatWeights  the format/policy/crash components
+    ================ ============ ==================================================================
+    """
+
+    allowed_imports: frozenset[str] = DEFAULT_IMPORTS
+    memory_mb: int = 512
+    liveness_wall_s: float = 120.0
+    weights: FormatWeights = field(default_factory=FormatWeights)
+
+    def __post_init__(self) -> None:
+        imports = self.allowed_imports
+        if not isinstance(imports, (frozenset, set, tuple, list)) or not all(type(m) is str for m in imports):
+            raise ConfigError("allowed_imports", f"must be a set of module names, got {imports!r}",
+                              "Pass e.g. frozenset({'math', 'random'}).")
+        object.__setattr__(self, "allowed_imports", frozenset(imports))
+        bad = self.allowed_imports - VETTED_IMPORTS
+        if bad:
+            raise ConfigError("allowed_imports", f"{sorted(bad)} are not among the sandbox's vetted modules",
+                              f"Allow only modules from {sorted(VETTED_IMPORTS)}.")
+        if type(self.memory_mb) is not int or not 16 <= self.memory_mb <= 1 << 16:
+            raise ConfigError("memory_mb", f"must be an int in 16..65536, got {self.memory_mb!r}", "Pass memory_mb=512.")
+        v = self.liveness_wall_s
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 1 <= v <= 3600:
+            raise ConfigError("liveness_wall_s", f"must be seconds in [1, 3600], got {v!r}", "Pass 120.0.")
+        if not isinstance(self.weights, FormatWeights):
+            raise ConfigError("weights", "must be a FormatWeights", "Pass FormatWeights(...).")
+
+
+def check_seconds(config: Any, *names: str, low: float = 0.0, high: float = 3600.0) -> None:
+    """Validate config fields holding seconds: numbers (not bool) in (low, high]."""
+    for name in names:
+        v = getattr(config, name)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not low < v <= high:
+            raise ConfigError(name, f"must be seconds in ({low:g}, {high:g}], got {v!r}",
+                              f"See the options table of {type(config).__name__}.")
+
+
+def _probe(source: str, entrypoint: str, imports: frozenset[str]) -> bool:
+    """True when the sandbox policy accepts ``source`` (used to state the rules from the policy itself)."""
+    probe_task = make_sandbox_task(entrypoint=entrypoint, handler="ossgym.sandbox.testing:call_once",
+                                   allowed_imports=imports)
+    return not check_policy(source, probe_task)
+
+
+def sandbox_rules(entrypoint: str, allowed_imports: frozenset[str]) -> str:
+    """The prompt's paragraph of sandbox rules, generated from the policy (its names, and probes of it)."""
+    imports = ", ".join(sorted(allowed_imports)) or "nothing"
+    forbidden = sorted(n for n in FORBIDDEN_NAMES if hasattr(builtins, n) and not n[0].isupper())
+    exceptions = sorted(n for n in FORBIDDEN_NAMES if hasattr(builtins, n) and n[0].isupper())
+    modules = sorted(n for n in FORBIDDEN_NAMES if not hasattr(builtins, n) and n != "printed")
+    helper_top = _probe(f"def helper():\n    return 1\n\ndef {entrypoint}(x):\n    return helper()\n",
+                        entrypoint, allowed_imports)
+    private_ok = _probe(f"def {entrypoint}(x):\n    _y = x\n    for _ in range(2):\n        pass\n    return _y\n",
+                        entrypoint, allowed_imports)
+    lines = [f"Sandbox rules: you may import only {imports}; there is no {', '.join(modules)}."]
+    if helper_top:
+        lines.append(f"Helpers may be defined at the top level beside `{entrypoint}`.")
+    else:
+        lines.append(f"Helper functions go inside `{entrypoint}`; nothing but imports and `{entrypoint}` at the"
+                     " top level (state kept across calls can live in a default-argument dict).")
+    if private_ok:
+        lines.append("Local names may start with `_` (e.g. `for _ in range(4)`), but no dunder names and no"
+                     " attribute starting with `_`.")
+    else:
+        lines.append("No names and no attributes that start with an underscore.")
+    lines.append(f"Not available: {', '.join(forbidden)}; getattr and hasattr only with a literal attribute name;"
+                 f" no frame, code or generator internals ({', '.join(sorted(FRAME_ATTRIBUTES)[:4])}, ...).")
+    lines.append(f"No bare `except:`, no {', '.join(exceptions)}; no return/break/continue inside `finally`;"
+                 " no `match`, no async code. Printing is ignored.")
+    return " ".join(lines)
+
+
 class CodeTask(ABC):
-    """One code task: the prompt, how the sandbox runs an answer, and how trusted code judges the results."""
+    """One code task: the prompt, the worker-side handler, and the caller-side driver and judge.
+
+    Scoring is caller-driven (shared/DESIGN.md, invariant 2). The sandbox loads the untrusted code in a
+    worker beside the task's trusted ``handler`` ("module:function", run as ``handle(fn, request, ctx)``
+    for every request). :meth:`driver` builds a caller-side object that holds every secret and every
+    clock of one evaluation (game states and spawn generators, test inputs and expected outputs, the CPU
+    budget), sends the worker plain requests through a session and re-checks every plain reply.
+    :meth:`judge` turns the driver's own state (never a value the worker reported) into reward components.
+    A task may also ask for trusted :meth:`baseline` runs (e.g. a reference timed through the same
+    machinery), one per evaluation seed of a batch.
+    """
 
     entrypoint: str
     #: every component this task reports, in a fixed order (format and policy first)
     component_names: tuple[str, ...]
-    weights: FormatWeights
-    #: "module:function" of the trusted harness run in the sandbox worker
-    harness: str
+    #: "module:function" of the trusted worker-side handler
+    handler: str
     #: namespace of the seeds derived from an evaluation seed (distinct per task)
     seed_namespace: str
-    #: the options; every task's config has ``allowed_imports``, ``time_budget_s`` and ``memory_mb``
-    config: Any
-    #: CPU seconds one call of the untrusted function may take
+    #: the options (a :class:`TaskConfig` subclass)
+    config: TaskConfig
+    #: CPU seconds one call of the untrusted function may take (enforced in the worker for feedback and
+    #: re-enforced by the driver with the caller's own measurement)
     call_time_limit_s: float
+
+    def __init__(self, config: TaskConfig):
+        self.config = config
+
+    @property
+    def weights(self) -> FormatWeights:
+        """The format, policy and crash weights (``config.weights``)."""
+        return self.config.weights
 
     @abstractmethod
     def instructions(self) -> str:
@@ -100,15 +243,19 @@ class CodeTask(ABC):
     def user_prompt(self) -> str:
         """The user turn of the task."""
 
+    def rules(self) -> str:
+        """The sandbox rules paragraph of the prompt, generated from the policy."""
+        return sandbox_rules(self.entrypoint, self.config.allowed_imports)
+
     def sandbox_task(self, seed: int) -> SandboxTask:
-        """The sandbox task: this task's harness and limits, and a ``random`` seed derived one-way from ``seed``."""
+        """The sandbox task: this task's handler and limits, and a ``random`` seed derived one-way from ``seed``."""
         c = self.config
-        return SandboxTask(
+        return make_sandbox_task(
             entrypoint=self.entrypoint,
-            harness=self.harness,
+            handler=self.handler,
             allowed_imports=c.allowed_imports,
             call_timeout_s=self.call_time_limit_s,
-            total_timeout_s=c.time_budget_s,
+            total_timeout_s=c.liveness_wall_s,
             memory_mb=c.memory_mb,
             seed=self.derived_seed("random", seed),
         )
@@ -118,15 +265,22 @@ class CodeTask(ABC):
         return derived_seed(self.seed_namespace, kind, seed)
 
     @abstractmethod
-    def payload(self, seed: int) -> Any:
-        """The plain data the harness gets for evaluation seed ``seed``."""
+    def driver(self, seed: int) -> Callable[[Any], Any]:
+        """A fresh caller-side driver for evaluation seed ``seed``: ``driver(session)`` runs the evaluation."""
+
+    #: run :meth:`baseline` once per completion, beside it (paired timings), instead of once per seed
+    baseline_per_completion: bool = False
+
+    def baseline(self, seed: int) -> tuple[str, Callable[[Any], Any]] | None:
+        """A trusted (source, driver) to run beside the completions of seed ``seed``, or None (default)."""
+        return None
 
     @abstractmethod
-    def judge(self, result: SandboxResult, payload: Any) -> tuple[dict[str, float], str, dict]:
-        """Trusted scoring of a sandbox result: (task components, feedback, details as plain data).
+    def judge(self, result: SandboxResult, driver: Any, baseline: Any = None) -> tuple[dict[str, float], str, dict]:
+        """Trusted scoring: (task components, feedback, details as plain data) from the driver's own state.
 
-        Called for every sandbox outcome except policy violations and syntax errors; a result that is not
-        OK may still carry the harness's last checkpoint in ``result.value``.
+        Called for every sandbox outcome except policy violations and syntax errors (``result`` says how
+        the session ended); ``baseline`` is the driver of :meth:`baseline`'s run for the same seed.
         """
 
     def zero_components(self) -> dict[str, float]:
@@ -160,7 +314,7 @@ def _format_failure(task: CodeTask, extraction: Extraction) -> ScoreResult:
     return _finish(components, extraction.feedback, "no_code", {"extraction": extraction.status})
 
 
-def _judged(task: CodeTask, result: SandboxResult, payload: Any, extraction: Extraction) -> ScoreResult:
+def _judged(task: CodeTask, result: SandboxResult, driver: Any, baseline: Any, extraction: Extraction) -> ScoreResult:
     w = task.weights
     components = task.zero_components()
     if result.outcome is Outcome.SYNTAX_ERROR:
@@ -172,10 +326,19 @@ def _judged(task: CodeTask, result: SandboxResult, payload: Any, extraction: Ext
         lines = "\n".join(f"- {v}" for v in result.violations) or f"- {result.message}"
         return _finish(components, f"Your code breaks the sandbox rules:\n{lines}", result.outcome.value)
     components["policy"] = w.policy_ok
-    task_components, feedback, details = task.judge(result, payload)
+    task_components, feedback, details = task.judge(result, driver, baseline)
     components.update(task_components)
     details = {**details, "extraction": extraction.status, "wall_time_s": result.wall_time_s}
     return _finish(components, feedback, result.outcome.value, details)
+
+
+def run_drivers(pool: SandboxPool, jobs: Sequence[tuple[str, SandboxTask, Callable[[Any], Any]]]) -> list[SandboxResult]:
+    """Run caller-side drivers against fresh workers, concurrently (``pool.run_batch``), results in order."""
+    run_batch = getattr(pool, "run_batch", None)
+    if run_batch is None:
+        raise SandboxError("this sandbox pool has no caller-driven sessions (SandboxPool.run_batch); the code "
+                           "tasks need the sandbox's Session API (shared/PLAN.md): update ossgym.sandbox")
+    return list(run_batch(list(jobs)))
 
 
 def score_batch(
@@ -184,13 +347,18 @@ def score_batch(
     seeds: Sequence[int],
     pool: SandboxPool | None = None,
 ) -> list[ScoreResult]:
-    """Score many completions (each with its evaluation seed) in parallel through the sandbox pool."""
+    """Score many completions (each with its evaluation seed) in parallel through the sandbox pool.
+
+    Each completion gets a fresh caller-side driver and a fresh worker; a task with a :meth:`~CodeTask.baseline`
+    also gets one trusted baseline run per distinct seed, in the same batch (so under the same load).
+    """
     if len(completions) != len(seeds):
         raise ConfigError("seeds", f"got {len(seeds)} seeds for {len(completions)} completions",
                           "Pass one evaluation seed per completion.")
     pool = pool or default_pool()
     results: list[ScoreResult | None] = [None] * len(completions)
-    jobs: list[tuple[int, str, Any, SandboxTask, Extraction]] = []
+    jobs: list[tuple[str, SandboxTask, Callable[[Any], Any]]] = []
+    owners: list[tuple[int, int, Any, Extraction]] = []  # (completion index, seed, driver, extraction)
     for i, (completion, seed) in enumerate(zip(completions, seeds)):
         if type(completion) is not str:
             completion = "" if completion is None else str(completion)
@@ -199,11 +367,28 @@ def score_batch(
             results[i] = _format_failure(task, extraction)
             continue
         seed = int(seed) % _MAX_SEED
-        jobs.append((i, extraction.source, task.payload(seed), task.sandbox_task(seed), extraction))
-    if jobs:
-        sandbox_results = pool.evaluate_batch([(source, payload, st) for _, source, payload, st, _ in jobs])
-        for (i, _source, payload, _st, extraction), result in zip(jobs, sandbox_results):
-            results[i] = _judged(task, result, payload, extraction)
+        driver = task.driver(seed)
+        jobs.append((extraction.source, task.sandbox_task(seed), driver))
+        owners.append((i, seed, driver, extraction))
+    # Baselines: one per distinct seed, or (``baseline_per_completion``) one per completion, queued right
+    # after it so the two run side by side and see the same load (their timings are paired).
+    baselines: dict[Any, Any] = {}
+    ordered: list[tuple[str, SandboxTask, Callable[[Any], Any]]] = []
+    slots: list[int] = []
+    for k, (job, (i, seed, _driver, _ex)) in enumerate(zip(jobs, owners)):
+        slots.append(len(ordered))
+        ordered.append(job)
+        key = i if task.baseline_per_completion else seed
+        if key not in baselines:
+            base = task.baseline(seed)
+            baselines[key] = None if base is None else base[1]
+            if base is not None:
+                ordered.append((base[0], task.sandbox_task(seed), base[1]))
+    if ordered:
+        sandbox_results = run_drivers(pool, ordered)
+        for slot, (i, seed, driver, extraction) in zip(slots, owners):
+            key = i if task.baseline_per_completion else seed
+            results[i] = _judged(task, sandbox_results[slot], driver, baselines.get(key), extraction)
     return results  # type: ignore[return-value]
 
 
@@ -230,6 +415,15 @@ class CodeEnv(gym.Env[str, str]):
     ``outcome`` (the typed sandbox outcome, or ``"no_code"``), ``details`` and ``eval_seed``.
     Evaluation seeds come from the env's generator at ``reset``: the same reset seed gives every
     completion the same evaluation (the same games, the same matrices), as GRPO groups need.
+
+    Threads: ``step`` and ``reset`` hold the env's lock, so concurrent steps are serialised and a
+    ``max_turns=K`` episode accepts exactly K of them (the rest raise ``ResetNeeded``); for parallel
+    scoring use :meth:`score_batch`, which is pure.
+
+    Pools: with ``pool=None`` the env scores through the process-wide :func:`~ossgym.sandbox.default_pool`
+    (closed at interpreter exit). A pool passed in belongs to the caller: ``env.close()`` does not close it
+    (it may serve other envs); close it yourself, e.g. ``with SandboxPool() as pool: env = make(..., pool=pool)``.
+    After ``close()`` the env refuses to step.
     """
 
     metadata = {"render_modes": ["ansi"]}
@@ -271,6 +465,8 @@ class CodeEnv(gym.Env[str, str]):
         self._last_components: dict[str, float] = task.zero_components()
         self._last: ScoreResult | None = None
         self._turn = 0
+        self._lock = threading.Lock()
+        self._closed = False
 
     @property
     def eval_seed(self) -> int:
@@ -294,6 +490,10 @@ class CodeEnv(gym.Env[str, str]):
 
     def reset(self, *, seed: int | None = None, options: Mapping | None = None) -> tuple[str, dict]:
         """Start an episode. ``options["eval_seed"]`` fixes the evaluation seed directly."""
+        with self._lock:
+            return self._reset(seed, options)
+
+    def _reset(self, seed: int | None, options: Mapping | None) -> tuple[str, dict]:
         super().reset(seed=seed)
         options = dict(options or {})
         if "eval_seed" in options:
@@ -311,6 +511,18 @@ class CodeEnv(gym.Env[str, str]):
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict]:
         """Score the completion; see the class docstring for rewards across turns."""
+        with self._lock:
+            return self._step(action)
+
+    def close(self) -> None:
+        """Release the env (a pool passed in stays open: it is the caller's; see the class docstring)."""
+        with self._lock:
+            self._closed = True
+        super().close()
+
+    def _step(self, action: str) -> tuple[str, float, bool, bool, dict]:
+        if self._closed:
+            raise gym.error.Error("This env is closed; make a new one.")
         if self._turn >= self.max_turns:
             raise gym.error.ResetNeeded("The episode is over: call reset() before step().")
         result = self.score(action)

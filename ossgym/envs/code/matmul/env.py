@@ -1,40 +1,38 @@
-"""GptOssMatmul-v0: the model writes a fast pure-Python ``matmul(A, B)``; the env checks it and times it."""
+"""GptOssMatmul-v0: the model writes a fast pure-Python ``matmul(A, B)``; the caller checks it and times it."""
 
 from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ossgym.envs.code import harness_matmul
-from ossgym.envs.code.base import CodeEnv, CodeTask, FormatWeights
+from ossgym.envs.code.base import CodeEnv, CodeTask, TaskConfig, check_seconds
+from ossgym.envs.code.matmul.judge import DEFAULT_RTOL, MatmulDriver, PairedBaseline, correctness_cases
+from ossgym.envs.code.matmul.references import NAIVE_SOURCE
 from ossgym.errors import ConfigError
-from ossgym.sandbox import DEFAULT_IMPORTS, Outcome, SandboxResult
-
-_CLOCK_SLACK_S = 1e-3  # clock granularity allowed when checking the harness's times against the caller's
+from ossgym.sandbox import Outcome, SandboxResult
 
 
 @dataclass(frozen=True)
-class MatmulConfig:
-    """Options of GptOssMatmul-v0 (defaults in the table of :class:`GptOssMatmulEnv`)."""
+class MatmulConfig(TaskConfig):
+    """Options of GptOssMatmul-v0 (defaults in the table of :class:`GptOssMatmulEnv`); shared ones in TaskConfig."""
 
+    #: a matmul evaluation takes well under a second of CPU: a stuck worker is ended sooner than a 2048 one
+    liveness_wall_s: float = 30.0
     case_max_dim: int = 12
     speed_shape: tuple[int, int, int] = (48, 48, 48)
     speed_trials: int = 7
-    sample_positions: int = 8
-    rtol: float = harness_matmul.DEFAULT_RTOL
+    rtol: float = DEFAULT_RTOL
     call_time_limit_s: float = 0.1
     time_budget_s: float = 3.0
-    memory_mb: int = 512
-    allowed_imports: frozenset[str] = DEFAULT_IMPORTS
     correct_weight: float = 1.0
     speed_weight: float = 1.0
     speed_min_log2: float = -1.5
     speed_max_log2: float = 4.0
-    weights: FormatWeights = field(default_factory=FormatWeights)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if type(self.case_max_dim) is not int or not 3 <= self.case_max_dim <= 64:
             raise ConfigError("case_max_dim", f"must be an int in 3..64, got {self.case_max_dim!r}", "Pass case_max_dim=12.")
         shape = self.speed_shape
@@ -44,14 +42,9 @@ class MatmulConfig:
         object.__setattr__(self, "speed_shape", tuple(shape))
         if type(self.speed_trials) is not int or not 1 <= self.speed_trials <= 101:
             raise ConfigError("speed_trials", f"must be an int in 1..101, got {self.speed_trials!r}", "Pass speed_trials=7.")
-        if type(self.sample_positions) is not int or not 1 <= self.sample_positions <= 256:
-            raise ConfigError("sample_positions", f"must be an int in 1..256, got {self.sample_positions!r}", "Pass 8.")
         if type(self.rtol) is not float or not 0.0 < self.rtol < 1e-3:
             raise ConfigError("rtol", f"must be a float in (0, 1e-3), got {self.rtol!r}", "Pass rtol=1e-9.")
-        for name in ("call_time_limit_s", "time_budget_s"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 3600:
-                raise ConfigError(name, f"must be seconds in (0, 3600], got {v!r}", "Pass e.g. 0.1 or 3.0.")
+        check_seconds(self, "call_time_limit_s", "time_budget_s")
         if self.time_budget_s <= 0.2:
             raise ConfigError("time_budget_s", "must leave time to run the checks (> 0.2 s)", "Pass time_budget_s=3.0.")
         for name in ("correct_weight", "speed_weight", "speed_min_log2", "speed_max_log2"):
@@ -68,57 +61,22 @@ class MatmulConfig:
                               "speed_weight * -speed_min_log2 < 2 * correct_weight", "Pass speed_min_log2=-1.5.")
 
 
-@dataclass(frozen=True)
-class Timing:
-    """The caller's reading of the harness's speed trials: the speedup over naive, or why none counts."""
-
-    speedup: float | None
-    ratios: list[float]
-    fn_s: float
-    ref_s: float
-    problem: str | None
-
-
-def read_timing(result: SandboxResult, speed: dict) -> Timing:
-    """Median over trials of ref_s / fn_s (CPU seconds), after checking every time against the wall clocks.
-
-    Each trial's CPU time must fit in its wall time, the trials' wall times in the harness's total, and
-    that total in the caller's own wall clock for the evaluation; otherwise the timing is refused.
-    """
-    keys = ("fn_s", "ref_s", "fn_wall_s", "ref_wall_s")
-    rows = [[t.get(key) for key in keys] for t in speed["trials"]]
-    if not rows or not all(type(v) is float and math.isfinite(v) and v > 0 for row in rows for v in row):
-        return Timing(None, [], 0.0, 0.0, "the speed trials reported unusable times")
-    fn_total, ref_total = sum(r[0] for r in rows), sum(r[1] for r in rows)
-    if any(fn > fn_wall + _CLOCK_SLACK_S or ref > ref_wall + _CLOCK_SLACK_S for fn, ref, fn_wall, ref_wall in rows):
-        return Timing(None, [], fn_total, ref_total, "a trial's CPU time exceeds its wall time")
-    wall_total = sum(r[2] + r[3] for r in rows)
-    timed = result.value.get("timed_s") if type(result.value) is dict else None
-    if type(timed) is not float or not wall_total <= timed <= result.wall_time_s + _CLOCK_SLACK_S:
-        return Timing(None, [], fn_total, ref_total,
-                      f"the trial times ({wall_total:.4f} s) do not fit in the harness's total ({timed!r}) "
-                      f"and the caller's wall clock ({result.wall_time_s:.4f} s)")
-    ratios = [r[1] / r[0] for r in rows]
-    return Timing(statistics.median(ratios), ratios, fn_total, ref_total, None)
-
-
 class MatmulTask(CodeTask):
-    """The matmul task: prompt, sandbox limits, and the trusted judge (caller-side correctness and timing)."""
+    """The matmul task: prompt, sandbox limits, the caller-side checks and timing, and the trusted judge."""
 
     entrypoint = "matmul"
     component_names = ("format", "policy", "correctness", "speed", "crash")
-    harness = "ossgym.envs.code.harness_matmul:harness"
+    handler = "ossgym.envs.code.matmul.handler:handle"
     seed_namespace = "ossgym.GptOssMatmul"
+    config: MatmulConfig
 
     def __init__(self, config: MatmulConfig):
-        self.config = config
+        super().__init__(config)
         self.call_time_limit_s = config.call_time_limit_s
-        self.weights = config.weights
 
     def instructions(self) -> str:
         c = self.config
         n, k, m = c.speed_shape
-        imports = ", ".join(sorted(c.allowed_imports))
         return (
             "You write a fast matrix multiplication in pure Python.\n\n"
             "Write exactly one top-level function:\n\n"
@@ -135,17 +93,14 @@ class MatmulTask(CodeTask):
             f"- Correctness is checked on matrices generated fresh for every evaluation (random values and shapes"
             f" up to {c.case_max_dim} x {c.case_max_dim}, including all the cases above).\n"
             f"- Speed is measured on {c.speed_trials} trials with {n} x {k} times {k} x {m} matrices, new values"
-            " in every trial (caching results cannot help), each timed in CPU time against a plain triple loop"
-            " `for i: for j: for t: s = s + A[i][t] * B[t][j]` on its own fresh copy. Every trial's result is"
-            " checked too.\n"
+            " in every trial (caching results cannot help), each call timed in CPU time from outside your"
+            " process against a plain triple loop `for i: for j: for t: s = s + A[i][t] * B[t][j]` run the"
+            " same way on the same inputs. Every trial's result is checked too.\n"
             f"- Each call may use at most {c.call_time_limit_s:g} s of CPU time; the whole evaluation has"
-            f" {c.time_budget_s:g} s. A call that raises, times out or returns a wrong result fails the evaluation.\n"
+            f" {c.time_budget_s:g} s of CPU time. A call that raises, times out or returns a wrong result fails the evaluation.\n"
             "- Reward: a correct function earns the correctness reward plus a speed reward that grows with log2"
             " of its median speedup over the triple loop (clipped); a wrong one earns no speed reward.\n\n"
-            f"Sandbox rules: you may import only {imports}; no numpy or other modules. Helper functions go inside"
-            " `matmul`; nothing but imports and `matmul` at the top level. No names that start with an"
-            " underscore, no classes with dunder methods, no eval, exec, compile, open, globals, getattr with a"
-            " computed name, no bare `except:` and no `except BaseException`. Printing is ignored.\n\n"
+            f"{self.rules()} No numpy or other modules.\n\n"
             "Answer with the complete code in one ```python block."
         )
 
@@ -158,55 +113,68 @@ class MatmulTask(CodeTask):
 
     def cases(self, seed: int) -> list[tuple[list[list[float]], list[list[float]]]]:
         """The correctness cases of evaluation seed ``seed`` (built by the caller, one-way from the seed)."""
-        return harness_matmul.correctness_cases(self.derived_seed("cases", seed), self.config.case_max_dim)
+        return correctness_cases(self.derived_seed("cases", seed), self.config.case_max_dim)
 
-    def payload(self, seed: int) -> dict:
+    def driver(self, seed: int, baseline: bool = False, paired: bool = True) -> MatmulDriver:
+        """The completion's driver, with its paired trusted baseline (``paired``); ``baseline=True``: the
+        baseline's own driver."""
         c = self.config
-        return harness_matmul.make_payload(
-            self.cases(seed),
-            speed_seed=self.derived_seed("speed", seed),
-            trials=c.speed_trials,
-            shape=c.speed_shape,
-            num_positions=c.sample_positions,
-            rtol=c.rtol,
-        )
+        d = MatmulDriver([] if baseline else self.cases(seed), self.derived_seed("speed", seed),
+                         trials=c.speed_trials, shape=c.speed_shape, rtol=c.rtol,
+                         call_time_limit_s=c.call_time_limit_s, time_budget_s=c.time_budget_s, baseline=baseline)
+        if paired and not baseline:
+            d.partner = PairedBaseline(NAIVE_SOURCE, self.sandbox_task(seed), self.driver(seed, baseline=True))
+        return d
 
-    def judge(self, result: SandboxResult, payload: Any) -> tuple[dict[str, float], str, dict]:
-        """Check every case and trial against the caller's own reference; time only a fully correct function."""
+    def judge(self, result: SandboxResult, driver: Any, baseline: Any = None) -> tuple[dict[str, float], str, dict]:
+        """Correct everywhere (checked by the driver against the caller's products), then timed against the baseline."""
         c = self.config
-        cases = [(A, B) for A, B in payload["cases"]]
-        cases_ok, trials_ok, why = harness_matmul.verify_result(result.value, cases, payload)
-        correct = cases_ok and trials_ok and result.outcome is Outcome.OK
+        crashed = result.outcome is not Outcome.OK or driver.failure is not None or not driver.started
+        correct = driver.correct and not crashed
         components = {
             "correctness": c.correct_weight if correct else -c.correct_weight,
             "speed": 0.0,
-            "crash": 0.0 if result.outcome is Outcome.OK else c.weights.crash,
+            "crash": c.weights.crash if crashed else 0.0,
         }
-        details: dict = {"correct": correct, "cases_ok": cases_ok, "speedup": None}
+        details: dict = {"correct": correct, "cases_ok": driver.case_status.count("ok"), "speedup": None,
+                         "fn_cpu_s": list(driver.trial_cpu_s)}
         lines = []
-        if result.outcome is not Outcome.OK:
-            lines.append(f"The evaluation failed ({result.outcome.value}): {result.message}")
+        ncases = len(driver.cases)
+        if crashed:
+            why = driver.failure or (f"{result.outcome.value}: {result.message}" if result.outcome is not Outcome.OK
+                                     else "the evaluation did not start")
+            lines.append(f"The evaluation failed ({why}).")
         if not correct:
-            verdict = why if not cases_ok else f"all {len(cases)} correctness cases passed, but: {why.removeprefix('correct, but ')}"
-            lines.append(f"Not correct: {verdict}")
+            problem = driver.problem or "the evaluation did not finish"
+            if ncases and driver.case_status.count("ok") == ncases:
+                problem = f"all {ncases} correctness cases passed, but {problem}"
+            lines.append(f"Not correct: {problem}")
+            if driver.traceback:
+                lines.append(driver.traceback)
             lines.append("No speed reward: speed counts only for a function that is correct everywhere.")
             return components, "\n".join(lines), details
-        timing = read_timing(result, result.value["speed"])
-        if timing.problem is not None or timing.speedup is None:
+        if baseline is None and driver.partner is not None:
+            baseline = driver.partner.driver
+        base_ok = baseline is not None and baseline.correct and len(baseline.trial_cpu_s) == len(driver.trial_cpu_s)
+        ratios = [b / f for b, f in zip(baseline.trial_cpu_s, driver.trial_cpu_s) if f > 0] if base_ok else []
+        if not ratios or len(ratios) != c.speed_trials:
             components["speed"] = c.speed_weight * c.speed_min_log2
-            lines.append(f"Correct on all {len(cases)} cases and {c.speed_trials} speed trials, but the timing was"
-                         f" refused ({timing.problem}); speed counts as the minimum.")
-        else:
-            log2 = math.log2(timing.speedup)
-            components["speed"] = c.speed_weight * min(max(log2, c.speed_min_log2), c.speed_max_log2)
-            n, k, m = c.speed_shape
-            lines.append(
-                f"Correct on all {len(cases)} cases and {c.speed_trials} speed trials. Speed on {n}x{k} times {k}x{m}:"
-                f" median {timing.speedup:.2f}x the triple loop (log2 {log2:+.2f}, counted within"
-                f" [{c.speed_min_log2:g}, {c.speed_max_log2:g}]); your function took {1000 * timing.fn_s / c.speed_trials:.2f} ms"
-                f" per call, the triple loop {1000 * timing.ref_s / c.speed_trials:.2f} ms."
-            )
-            details.update(speedup=timing.speedup, ratios=timing.ratios)
+            lines.append(f"Correct on all {ncases} cases and {c.speed_trials} speed trials, but the baseline timing"
+                         " failed; speed counts as the minimum.")
+            return components, "\n".join(lines), details
+        speedup = statistics.median(ratios)
+        log2 = math.log2(speedup)
+        components["speed"] = c.speed_weight * min(max(log2, c.speed_min_log2), c.speed_max_log2)
+        n, k, m = c.speed_shape
+        fn_ms = 1000 * sum(driver.trial_cpu_s) / c.speed_trials
+        ref_ms = 1000 * sum(baseline.trial_cpu_s) / c.speed_trials
+        lines.append(
+            f"Correct on all {ncases} cases and {c.speed_trials} speed trials. Speed on {n}x{k} times {k}x{m}:"
+            f" median {speedup:.2f}x the triple loop (log2 {log2:+.2f}, counted within"
+            f" [{c.speed_min_log2:g}, {c.speed_max_log2:g}]); your function took {fn_ms:.2f} ms of CPU per call,"
+            f" the triple loop {ref_ms:.2f} ms."
+        )
+        details.update(speedup=speedup, ratios=ratios, ref_cpu_s=list(baseline.trial_cpu_s))
         return components, "\n".join(lines), details
 
 
@@ -217,29 +185,27 @@ class GptOssMatmulEnv(CodeEnv):
     **Action**: the completion text (any ``str``); only the final channel's last ``python`` block that
     defines ``matmul`` counts.
 
-    **Evaluation**: the code passes the sandbox policy, then a sandbox worker runs the trusted harness
-    (:mod:`ossgym.envs.code.harness_matmul`):
+    **Evaluation** (caller-driven; :mod:`ossgym.envs.code.matmul.judge`): the code passes the sandbox
+    policy and is loaded in a sandbox worker beside the trusted handler, which answers one
+    ``matmul(A, B)`` call per request. The caller holds every input and every expected output:
 
     - *Correctness*: the caller builds the cases from a seed derived one-way from the evaluation seed
       (random values and scales; shapes 1xN, Nx1, inner dimension 1, 1x1, wide, tall, ``k = 0`` and random
-      ones up to ``case_max_dim``), the worker returns the function's outputs, and the caller checks each
-      with exact types and shape against its own triple loop (trusted value on the left, error bound
+      ones up to ``case_max_dim``), sends them one per request, and checks each reply with exact types and
+      shape against its own triple loop (trusted value on the left, error bound
       ``rtol * k * max|A| * max|B|``). ``k = 0``: ``A`` is n empty rows, ``B`` is ``[]`` and the result
       is n empty rows.
-    - *Speed*: ``speed_trials`` trials on ``speed_shape`` matrices with new values and fresh objects each
-      trial (caching by identity or content cannot pay). In each the worker times the function
-      and the bundled naive triple loop on its own copy in CPU time of the worker (trusted clocks bound
-      before the code loaded; other processes on a busy machine do not inflate it), alternating which goes
-      first. Every trial's result is compared in the worker with the triple loop's, and the caller
-      re-checks entries at positions the code cannot know against its own recomputation. The speedup is the
-      median over trials of naive time / function time; the caller refuses it (speed = minimum) unless
-      each trial's CPU time fits in its wall time, the trials in the harness's total, and that total in the
-      caller's own wall clock.
+    - *Speed*: ``speed_trials`` trials on ``speed_shape`` matrices with new values each trial (caching
+      cannot pay); every product is checked in full against the caller's. Each call is timed as the
+      worker's CPU time read by the caller from outside the worker (``Session.last_cpu_s``), so nothing the
+      code does can change its own clock. The baseline is the plain triple loop, trusted source run in a
+      worker of its own through the same machinery on the same inputs, each trial sent to it right beside
+      the completion's (alternating which goes first), so both see the same load. The speedup is the
+      median over trials of baseline CPU / function CPU (a naive submission measures about 1x).
 
     Speed counts only when every case and every trial is correct and the evaluation finished; a call that
-    raises, times out, returns a wrong or mistyped value, or runs out of the budget makes the evaluation
-    incorrect, so time spent in exceptions or timeouts never earns reward. The untrusted code runs under
-    the sandbox's restricted compiler and the triple loop does not, so a naive submission measures below 1x.
+    raises, times out, returns a wrong or mistyped value, or runs out of the CPU budget makes the
+    evaluation incorrect, so time spent in exceptions or timeouts never earns reward.
 
     **Reward** (components sum to it; ``info["reward_components"]``):
 
@@ -269,11 +235,11 @@ class GptOssMatmulEnv(CodeEnv):
     case_max_dim      12           largest dimension of the correctness cases (3..64)
     speed_shape       (48, 48, 48) (n, k, m) of the speed trials (the triple loop: ~4 ms CPU)
     speed_trials      7            timed trials (the median speedup counts)
-    sample_positions  8            secret entries of each trial the caller re-checks
     rtol              1e-9         allowed error relative to k * max|A| * max|B|
     call_time_limit_s 0.1          CPU seconds per call of ``matmul`` (~25x the triple loop)
-    time_budget_s     3.0          wall seconds for the whole evaluation
+    time_budget_s     3.0          CPU seconds for the whole evaluation (caller-measured)
     memory_mb         512          memory the evaluation may add
+    liveness_wall_s   30.0         wall seconds before a stuck worker is killed (not a budget)
     allowed_imports   math, random, itertools, functools, collections, heapq, operator, bisect
     correct_weight    1.0          +/- reward for (in)correctness
     speed_weight      1.0          weight of the clipped log2 speedup
@@ -283,7 +249,8 @@ class GptOssMatmulEnv(CodeEnv):
 
     **Episode**: one step by default; see :class:`~ossgym.envs.code.base.CodeEnv` for ``max_turns``.
     Correctness and every component but ``speed`` are deterministic given the evaluation seed and the
-    completion; ``speed`` is a measurement and varies a little between runs and machines.
+    completion; ``speed`` is a measurement and varies a little between runs and machines (docs/rewards.md
+    gives its measured spread under load).
     """
 
     config_class = MatmulConfig

@@ -1,84 +1,72 @@
-"""GptOss2048-v0: the model writes ``strategy(board)`` for the game 2048; the env plays and replays the games."""
+"""GptOss2048-v0: the model writes ``strategy(board)`` for the game 2048; the caller plays the games."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from ossgym.envs.code import harness2048
-from ossgym.envs.code.base import CodeEnv, CodeTask, FormatWeights
+from ossgym.envs.code.base import CodeEnv, CodeTask, TaskConfig, check_seconds
+from ossgym.envs.code.strategy2048.judge import FAILED_ENDS, GamesDriver, game_seeds
 from ossgym.envs.game2048.engine import MAX_EXPONENT, MAX_SIZE, MIN_SIZE
 from ossgym.errors import ConfigError
 from ossgym.sandbox import DEFAULT_IMPORTS, Outcome, SandboxResult
 
-_FAILED_ENDS = ("invalid_output", "timeout", "error")
-# Every move comes back as one letter in the sandbox result (capped at SandboxTask.max_output_bytes, 1 MiB);
-# half of it leaves room for the rest of the game records.
-_MAX_RECORDED_MOVES = 500_000
-
 
 @dataclass(frozen=True)
-class Strategy2048Config:
-    """Options of GptOss2048-v0 (defaults in the table of :class:`GptOss2048Env`)."""
+class Strategy2048Config(TaskConfig):
+    """Options of GptOss2048-v0 (defaults in the table of :class:`GptOss2048Env`); shared ones in TaskConfig."""
 
+    #: the shared default plus ``time``, so a strategy can budget its search (the sandbox serves it a
+    #: read-only clock)
+    allowed_imports: frozenset[str] = DEFAULT_IMPORTS | {"time"}
     size: int = 4
     target: int = 2048
     num_games: int = 8
     move_time_limit_s: float = 0.05
-    time_budget_s: float = 5.0
+    move_budget_s: float = 0.01
+    time_budget_s: float = 2.0
     max_moves: int = 5000
     max_stalled_moves: int = 20
-    memory_mb: int = 512
-    allowed_imports: frozenset[str] = DEFAULT_IMPORTS
     tile_weight: float = 1.0
     score_weight: float = 1.0
     win_weight: float = 2.0
     failure_weight: float = 1.0
-    weights: FormatWeights = field(default_factory=FormatWeights)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if type(self.size) is not int or not MIN_SIZE <= self.size <= MAX_SIZE:
             raise ConfigError("size", f"must be an int in {MIN_SIZE}..{MAX_SIZE}, got {self.size!r}", "Pass size=4.")
         t = self.target
         if type(t) is not int or t < 8 or t & (t - 1) or t > 2**MAX_EXPONENT:
             raise ConfigError("target", f"must be a power of two in 8..{2**MAX_EXPONENT}, got {t!r}", "Pass target=2048.")
         for name in ("num_games", "max_moves"):
-            if type(getattr(self, name)) is not int or getattr(self, name) < 1:
-                raise ConfigError(name, f"must be an int >= 1, got {getattr(self, name)!r}", f"Pass e.g. {name}=8.")
+            if type(getattr(self, name)) is not int or not 1 <= getattr(self, name) <= 100_000:
+                raise ConfigError(name, f"must be an int in 1..100000, got {getattr(self, name)!r}", f"Pass e.g. {name}=8.")
         if type(self.max_stalled_moves) is not int or self.max_stalled_moves < 0:
             raise ConfigError("max_stalled_moves", f"must be an int >= 0, got {self.max_stalled_moves!r}", "Pass 20.")
-        for name in ("move_time_limit_s", "time_budget_s"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not 0 < v <= 3600:
-                raise ConfigError(name, f"must be seconds in (0, 3600], got {v!r}", "Pass e.g. 0.05 or 5.0.")
-        if self.time_budget_s <= 0.2:
-            raise ConfigError("time_budget_s", "must leave time to play (> 0.2 s)", "Pass e.g. time_budget_s=5.0.")
-        if self.num_games * self.max_moves > _MAX_RECORDED_MOVES:
-            raise ConfigError("num_games", f"{self.num_games} games of up to {self.max_moves} moves do not fit the "
-                              f"sandbox's result size ({_MAX_RECORDED_MOVES} moves in all)",
-                              "Lower num_games or max_moves.")
+        check_seconds(self, "move_time_limit_s", "move_budget_s", "time_budget_s")
+        if self.move_budget_s > self.move_time_limit_s:
+            raise ConfigError("move_budget_s", "the mean per-move budget cannot exceed the per-move limit",
+                              "Pass e.g. move_time_limit_s=0.05, move_budget_s=0.01.")
 
 
 class Strategy2048Task(CodeTask):
-    """The 2048 strategy task: prompt, sandbox limits, and the trusted judge that replays the games."""
+    """The 2048 strategy task: prompt, sandbox limits, the caller-side games and the trusted judge."""
 
     entrypoint = "strategy"
     component_names = ("format", "policy", "tile", "score", "win", "failures", "crash")
-    harness = "ossgym.envs.code.harness2048:harness"
+    handler = "ossgym.envs.code.strategy2048.handler:handle"
     seed_namespace = "ossgym.GptOss2048"
+    config: Strategy2048Config
 
     def __init__(self, config: Strategy2048Config):
-        self.config = config
+        super().__init__(config)
         self.call_time_limit_s = config.move_time_limit_s
-        self.weights = config.weights
 
     def instructions(self) -> str:
         c = self.config
-        imports = ", ".join(sorted(c.allowed_imports))
-        # The harness ends a game on the move that makes a run of no-change moves longer than max_stalled_moves.
+        # The caller ends a game on the move that makes a run of no-change moves longer than max_stalled_moves.
         stalled_end = c.max_stalled_moves + 1
         stalled_rule = f"{stalled_end} such moves in a row end the game." if stalled_end > 1 else "such a move ends the game."
         return (
@@ -93,15 +81,15 @@ class Strategy2048Task(CodeTask):
             " merge into one of their sum (a tile merges at most once per move) and the merged value is added"
             " to the score; after every move that changed the board a new tile (2 with probability 0.9, else"
             " 4) appears in a random empty cell. The game ends when no move changes the board.\n"
-            f"- Your function plays {c.num_games} games. Each call may use at most {c.move_time_limit_s:g} s of"
-            f" CPU time; all games together have {c.time_budget_s:g} s, and a game cut by that budget counts"
-            f" as far as it got. A game also ends when it reaches the {c.target} tile (a win).\n"
+            f"- Your function plays {c.num_games} games, which may be interleaved (one call per game and step)."
+            f" Each call may use at most {c.move_time_limit_s:g} s of CPU time, and the evaluation has"
+            f" {c.time_budget_s:g} s of CPU time plus {c.move_budget_s:g} s per move played: a strategy whose"
+            " moves stay within that mean always finishes its games; one that runs out has its unfinished"
+            f" games end as failures. A game also ends when it reaches the {c.target} tile (a win) or after"
+            f" {c.max_moves} moves.\n"
             f"- Reward: higher for a larger largest tile and a higher score in every game, plus a bonus for each"
             f" game that reaches {c.target}.\n\n"
-            f"Sandbox rules: you may import only {imports}. Helper functions go inside `strategy`; nothing but"
-            " imports and `strategy` at the top level. No names that start with an underscore, no classes with"
-            " dunder methods, no eval, exec, compile, open, globals, getattr with a computed name, no bare"
-            " `except:` and no `except BaseException`. Printing is ignored.\n\n"
+            f"{self.rules()}\n\n"
             "Answer with the complete code in one ```python block."
         )
 
@@ -111,57 +99,58 @@ class Strategy2048Task(CodeTask):
             f" {self.config.target} tile as often as possible."
         )
 
-    def payload(self, seed: int) -> dict:
-        c = self.config
-        game_seeds = np.random.default_rng(self.derived_seed("games", seed)).integers(2**63, size=c.num_games)
-        return harness2048.make_payload(
-            [int(s) for s in game_seeds],
-            size=c.size,
-            max_moves=c.max_moves,
-            max_stalled_moves=c.max_stalled_moves,
-            target=c.target,
-        )
+    def game_seeds(self, seed: int) -> list[int]:
+        """The seeds of the games of evaluation seed ``seed`` (derived one-way; never sent to the worker)."""
+        return game_seeds(self.derived_seed("games", seed), self.config.num_games)
 
-    def judge(self, result: SandboxResult, payload: Any) -> tuple[dict[str, float], str, dict]:
-        """Replay every game from its seed and moves with the trusted engine; shape the reward from that."""
+    def driver(self, seed: int) -> GamesDriver:
         c = self.config
-        games = harness2048.replay_result(result.value, payload)
+        return GamesDriver(self.game_seeds(seed), size=c.size, target=c.target, max_moves=c.max_moves,
+                           max_stalled_moves=c.max_stalled_moves, move_time_limit_s=c.move_time_limit_s,
+                           move_budget_s=c.move_budget_s, time_budget_s=c.time_budget_s)
+
+    def judge(self, result: SandboxResult, driver: Any, baseline: Any = None) -> tuple[dict[str, float], str, dict]:
+        """Shape the reward from the games the driver played (the caller's engine and generators only)."""
+        c = self.config
+        games = driver.games
         log_target = math.log2(c.target)
         target_score = (log_target - 1) * c.target  # the score of building the target from 2s alone
         tile = sum(math.log2(max(g.max_tile, 1)) / log_target for g in games) / len(games)
         score = sum(math.log2(1 + g.score) / math.log2(1 + target_score) for g in games) / len(games)
         wins = sum(g.max_tile >= c.target for g in games) / len(games)
-        failed = [g for g in games if g.end in _FAILED_ENDS]
+        failed = [g for g in games if g.end in FAILED_ENDS]
+        crashed = result.outcome is not Outcome.OK or driver.failure is not None or not driver.started
         components = {
             "tile": c.tile_weight * min(tile, 1.0),
             "score": c.score_weight * min(score, 1.0),
             "win": c.win_weight * wins,
             "failures": -c.failure_weight * len(failed) / len(games),
-            "crash": 0.0 if result.outcome is Outcome.OK else c.weights.crash,
+            "crash": c.weights.crash if crashed else 0.0,
         }
         lines = [
             f"{len(games)} games: largest tiles {sorted((g.max_tile for g in games), reverse=True)}, mean score "
             f"{sum(g.score for g in games) / len(games):.0f}, {round(wins * len(games))} reached {c.target}."
         ]
-        if result.outcome is not Outcome.OK:
-            lines.append(f"The evaluation failed ({result.outcome.value}): {result.message}")
+        if crashed:
+            why = driver.failure or (f"{result.outcome.value}: {result.message}" if result.outcome is not Outcome.OK
+                                     else "the evaluation did not start")
+            lines.append(f"The evaluation failed ({why}).")
         ends: dict[str, int] = {}
         for g in games:
-            ends[g.end] = ends.get(g.end, 0) + 1
+            ends[g.end or "not_played"] = ends.get(g.end or "not_played", 0) + 1
         lines.append("Game ends: " + ", ".join(f"{k} {v}" for k, v in sorted(ends.items())) + ".")
         for g in failed[:1]:
             lines.append(f"A game ended by {g.end} after {g.moves} moves: {g.detail}")
-        # The value is plain data but its shape is not trusted (a hostile worker could send anything).
-        records = result.value.get("games") if type(result.value) is dict else None
-        records = records if type(records) is list else []
-        trace = next((r["traceback"] for r in records if type(r) is dict and type(r.get("traceback")) is str), None)
-        if trace:
-            lines.append(trace[-600:])
+            if g.traceback:
+                lines.append(g.traceback[-600:])
         details = {
-            "games": [{"seed": g.seed, "moves": g.moves, "score": g.score, "max_tile": g.max_tile, "end": g.end}
+            "games": [{"seed": g.seed, "moves": g.moves, "score": g.score, "max_tile": g.max_tile,
+                       "end": g.end or "not_played"}
                       for g in games],
             "mean_score": sum(g.score for g in games) / len(games),
             "wins": round(wins * len(games)),
+            "worker_cpu_s": driver.cpu_s,
+            "requests": driver.requests,
         }
         return components, "\n".join(lines), details
 
@@ -173,12 +162,19 @@ class GptOss2048Env(CodeEnv):
     **Action**: the completion text (any ``str``); only the final channel's last ``python`` block that
     defines ``strategy`` counts.
 
-    **Evaluation**: the completion's code passes the sandbox policy, then a sandbox worker plays
-    ``num_games`` games from seeds derived from the evaluation seed (drawn from the env's generator at
-    ``reset``, so every completion after the same reset plays the same games). Each move the strategy gets a
-    fresh immutable copy of the board (tuple of tuples of ints) under a per-move CPU limit; the whole
-    evaluation has ``time_budget_s``. The worker returns only each game's moves; the env replays every game
-    with its own engine and seeds and computes the reward from that replay alone.
+    **Evaluation** (caller-driven; :mod:`ossgym.envs.code.strategy2048.judge`): the code passes the sandbox
+    policy and is loaded in a sandbox worker beside the trusted handler. The caller plays ``num_games``
+    games with its own engine from seeds derived one-way from the evaluation seed (drawn from the env's
+    generator at ``reset``, so every completion after the same reset plays the same games). Each game step
+    it sends the worker the boards of all live games (tuples of tuples of ints) and reads back one move per
+    board; the next tile is drawn in the caller after the move, so the worker never sees a tile before it
+    spawns. Budgets are the worker's CPU time measured by the caller: ``move_time_limit_s`` per move and
+    ``time_budget_s + move_budget_s x moves played`` in total; wall time never counts (a generous liveness
+    cap, ``liveness_wall_s``, only ends a stuck worker).
+
+    **The cut rule**: a game cut by the total budget counts as far as it got and as a failure. A strategy
+    whose moves average within ``move_budget_s`` is never cut, so a cut can never rank a strategy that keeps
+    the limits below one that plays worse; exceeding the budget never pays more than finishing would.
 
     **Reward** (components sum to it; ``info["reward_components"]``):
 
@@ -194,9 +190,9 @@ class GptOss2048Env(CodeEnv):
                log2(1 + (log2(target) - 1) x target), capped at 1
     win        ``win_weight`` x fraction of games that reached ``target``     0 .. 2
     failures   -``failure_weight`` x fraction of games ended by an invalid     -1 .. 0
-               return value, a per-move timeout or an exception
-    crash      -1 when the evaluation itself died (memory, total timeout,     -1 .. 0
-               crash); the games count as far as the last report got
+               return value, a per-move timeout, an exception or the budget
+    crash      -1 when the worker died (memory, crash, malformed reply); the   -1 .. 0
+               games count as far as they got
     ========== ============================================================ ========================
 
     **Options** (``Strategy2048Config`` fields, passed as keyword arguments to ``gymnasium.make``):
@@ -207,20 +203,22 @@ class GptOss2048Env(CodeEnv):
     size                  4         board size (3..8)
     target                2048      the winning tile (4x4: random play never reaches it)
     num_games             8         games per evaluation
-    move_time_limit_s     0.05      CPU seconds per call of ``strategy``
-    time_budget_s         5.0       wall seconds for all games of one evaluation
+    move_time_limit_s     0.05      CPU seconds per call of ``strategy`` (caller-measured)
+    move_budget_s         0.01      mean CPU seconds per move the total budget grows by
+    time_budget_s         2.0       CPU seconds of every evaluation on top (loading, warm-up)
     max_moves             5000      moves per game at most
     max_stalled_moves     20        consecutive moves that change nothing before a game ends
     memory_mb             512       memory the evaluation may add
-    allowed_imports       math, random, itertools, functools, collections, heapq, operator, bisect
+    liveness_wall_s       120.0     wall seconds before a stuck worker is killed (not a budget)
+    allowed_imports       math, random, itertools, functools, collections, heapq, operator, bisect, time
     ===================== ========= ========================================================
 
     Why 4x4 and not 6x6 as in public notebooks: on 6x6 a uniformly random policy reaches 2048 in about
     97% of games, so GRPO converges to ``random.choice("WASD")``.
 
     **Episode**: one step by default; see :class:`~ossgym.envs.code.base.CodeEnv` for ``max_turns``.
-    A game cut by the time budget depends on the machine's speed; everything else is deterministic given
-    the evaluation seed and the completion.
+    Deterministic: the same completion and evaluation seed give the same reward in any pool, process and
+    load (CPU-time budgets; only a strategy within a few percent of a CPU limit can land on either side).
     """
 
     config_class = Strategy2048Config
