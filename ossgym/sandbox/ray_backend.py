@@ -45,7 +45,9 @@ from ossgym.sandbox.result import Outcome, SandboxResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RayPool", "adopt_state", "check_picklable"]
+__all__ = ["SCORING_BACKENDS", "RayPool", "adopt_state", "check_picklable", "scoring_pool"]
+
+SCORING_BACKENDS = ("local", "ray")
 
 Job = tuple[str, Any, Callable[[Any], object]]
 
@@ -323,3 +325,19 @@ class RayPool:
 
 def _crashed(message: str, attempts: int) -> SandboxResult:
     return SandboxResult(Outcome.CRASHED, None, message, metadata={"ray_retries": attempts})
+
+
+def scoring_pool(scoring: str = "local", *, ray_address: str | None = None, **options: Any) -> Any:
+    """The pool for a ``scoring=`` option: ``"local"`` -> the process's default SandboxPool (shared, closed at
+    exit; ``options`` must be empty), ``"ray"`` -> a new :class:`RayPool` (``ray_address``: a cluster, or None
+    for a local Ray instance; ``options`` go to RayPool). Pass the result as ``pool=`` to an env,
+    ``score_batch`` or ``EnvRewards``; close a RayPool when done."""
+    if scoring == "local":
+        if ray_address is not None or options:
+            raise ConfigError("scoring", "ray_address and Ray options need scoring='ray'", "pass scoring='ray'")
+        from ossgym.sandbox.pool import default_pool
+
+        return default_pool()
+    if scoring == "ray":
+        return RayPool(address=ray_address, **options)
+    raise ConfigError("scoring", f"{scoring!r} is not one of {SCORING_BACKENDS}", "use 'local' or 'ray'")
