@@ -127,3 +127,15 @@ def test_unpicklable_driver_is_a_config_error(pools):
     lock = threading.Lock()
     with pytest.raises(ConfigError, match="cannot be pickled"):
         remote.run_batch([(SORT_SOURCE, SortTask(SortConfig()).sandbox_task(1), lambda s: lock)])
+
+
+def test_scoring_pool_option():
+    from ossgym.errors import ConfigError
+    from ossgym.sandbox import default_pool
+    from ossgym.sandbox.ray_backend import scoring_pool
+
+    assert scoring_pool("local") is default_pool()
+    with pytest.raises(ConfigError, match="not one of"):
+        scoring_pool("dask")
+    with pytest.raises(ConfigError, match="need scoring='ray'"):
+        scoring_pool("local", ray_address="auto")

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
-import time
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -134,13 +134,14 @@ class RayPool:
     ``runtime_env`` is passed to the actors; by default, for a local instance, actors import the same
     ossgym as the caller (its directory is put first on PYTHONPATH). ``max_attempts``: how many actors a
     job may kill, running alone, before it ends as ``crashed``. ``pool_options`` go to each actor's
-    SandboxPool (``require_isolation``, ``compromised_for_tests``).
+    SandboxPool (``require_isolation``, ``compromised_for_tests``). ``spread=True`` asks Ray to spread the
+    actors over the nodes (``scheduling_strategy="SPREAD"``) rather than pack them.
     """
 
     def __init__(self, actors: int = 1, *, workers_per_actor: int | None = None, actor_cpus: float | None = None,
                  max_in_flight: int | None = None, address: str | None = None, num_cpus: int | None = None,
                  runtime_env: dict | None = None, max_attempts: int = 2, max_replacements: int | None = None,
-                 **pool_options: Any) -> None:
+                 spread: bool = False, **pool_options: Any) -> None:
         if type(actors) is not int or actors < 1:
             raise ConfigError("actors", f"{actors!r} is not a positive int", "use e.g. 2 (one per node)")
         if workers_per_actor is None:
@@ -184,8 +185,10 @@ class RayPool:
         self._actor_cls = ray.remote(_ScoringActor).options(
             num_cpus=workers_per_actor if actor_cpus is None else actor_cpus,
             max_concurrency=workers_per_actor, max_restarts=0, max_task_retries=0,
+            **({"scheduling_strategy": "SPREAD"} if spread else {}),
             **({"runtime_env": runtime_env} if runtime_env is not None and not self._owns_ray else {}))
         self._slots = [self._start(i) for i in range(actors)]
+        self._lock = threading.Lock()  # one batch at a time (batches from several threads queue here)
         self._closed = False
 
     def _start(self, index: int) -> _Slot:
@@ -203,7 +206,12 @@ class RayPool:
 
     def run_batch(self, jobs: Sequence[Job]) -> list[SandboxResult]:
         """Run ``(source, task, driver)`` jobs across the actors; one typed result per job, in order, and
-        every caller-side driver updated with its state after the run."""
+        every caller-side driver updated with its state after the run. Thread-safe: concurrent batches take
+        turns (each one uses every actor)."""
+        with self._lock:
+            return self._run_batch(jobs)
+
+    def _run_batch(self, jobs: Sequence[Job]) -> list[SandboxResult]:
         if self._closed:
             raise SandboxError("this RayPool is closed; create a new RayPool")
         ray = _ray()
@@ -229,7 +237,10 @@ class RayPool:
                     result, remote_driver = ray.get(ref)
                 except ray.exceptions.RayTaskError as e:  # the trusted driver raised: as SandboxPool.run would
                     for other in list(in_flight):
-                        ray.cancel(other, force=False)
+                        try:
+                            ray.cancel(other, force=False)
+                        except Exception:  # noqa: BLE001 - best effort
+                            pass
                     raise e.as_instanceof_cause() from None
                 except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                         ray.exceptions.ObjectLostError, ray.exceptions.NodeDiedError) as e:
