@@ -119,6 +119,19 @@ def test_actor_killed_mid_batch_reruns_elsewhere_and_a_killer_job_ends_crashed(p
     assert [d.passed for d in again] == [local_driver.passed] * 2
 
 
+def test_hard_cap_on_evaluations_in_flight(pools):
+    """With max_in_flight=1 the 2 actors never hold more than one evaluation between them."""
+    _, remote = pools
+    task = SortTask(SortConfig()).sandbox_task(1)
+    cap, remote.max_in_flight, remote.peak_in_flight = remote.max_in_flight, 1, 0
+    try:
+        drivers = [SortDriver(s) for s in range(3)]
+        assert [r.outcome for r in remote.run_batch([(SORT_SOURCE, task, d) for d in drivers])] == [Outcome.OK] * 3
+        assert remote.peak_in_flight == 1
+    finally:
+        remote.max_in_flight = cap
+
+
 def test_unpicklable_driver_is_a_config_error(pools):
     from ossgym.errors import ConfigError
     import threading
