@@ -242,8 +242,8 @@ class RayPool:
                         except Exception:  # noqa: BLE001 - best effort
                             pass
                     raise e.as_instanceof_cause() from None
-                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
-                        ray.exceptions.ObjectLostError, ray.exceptions.NodeDiedError) as e:
+                except ray.exceptions.RayError as e:  # the actor, its worker process or its node died
+                    # (RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError, OutOfMemoryError...)
                     results[pending.index] = self._actor_died(slot, pending, todo, e)
                     continue
                 adopt_state(pending.job[2], remote_driver)
