@@ -119,6 +119,32 @@ def test_actor_killed_mid_batch_reruns_elsewhere_and_a_killer_job_ends_crashed(p
     assert [d.passed for d in again] == [local_driver.passed] * 2
 
 
+@dataclass
+class Hang(SortDriver):
+    def __call__(self, session):
+        import time
+
+        time.sleep(10_000)
+
+
+def test_a_job_that_hangs_its_actor_ends_crashed(pools):
+    """A driver stuck past its task's liveness limit (+ stuck_after_s) gets its actor killed, like a death:
+    bounded re-runs, then ``crashed``; the honest job beside it is scored."""
+    import dataclasses
+
+    _, remote = pools
+    task = dataclasses.replace(SortTask(SortConfig()).sandbox_task(1), total_timeout_s=1.0)
+    saved = remote.stuck_after_s, remote.max_attempts
+    remote.stuck_after_s, remote.max_attempts = 8.0, 1  # 8 s: room for a fresh actor's start-up
+    try:
+        honest = SortDriver(4)
+        results = remote.run_batch([(SORT_SOURCE, task, Hang(1)), (SORT_SOURCE, task, honest)])
+    finally:
+        remote.stuck_after_s, remote.max_attempts = saved
+    assert results[0].outcome is Outcome.CRASHED and results[1].outcome is Outcome.OK
+    assert honest.passed == honest.cases
+
+
 def test_hard_cap_on_evaluations_in_flight(pools):
     """With max_in_flight=1 the 2 actors never hold more than one evaluation between them."""
     _, remote = pools

@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -121,6 +122,7 @@ class _Pending:
     job: Job
     suspect: bool = False
     solo_deaths: int = 0
+    deadline: float = 0.0
 
 
 class RayPool:
@@ -135,13 +137,15 @@ class RayPool:
     ossgym as the caller (its directory is put first on PYTHONPATH). ``max_attempts``: how many actors a
     job may kill, running alone, before it ends as ``crashed``. ``pool_options`` go to each actor's
     SandboxPool (``require_isolation``, ``compromised_for_tests``). ``spread=True`` asks Ray to spread the
-    actors over the nodes (``scheduling_strategy="SPREAD"``) rather than pack them.
+    actors over the nodes (``scheduling_strategy="SPREAD"``) rather than pack them. ``stuck_after_s``: a job
+    still unanswered this long past its task's liveness limit (``total_timeout_s``; an actor that cannot be
+    placed, a hung node) has its actor killed, which re-runs it like any actor death: a batch never hangs.
     """
 
     def __init__(self, actors: int = 1, *, workers_per_actor: int | None = None, actor_cpus: float | None = None,
                  max_in_flight: int | None = None, address: str | None = None, num_cpus: int | None = None,
                  runtime_env: dict | None = None, max_attempts: int = 2, max_replacements: int | None = None,
-                 spread: bool = False, **pool_options: Any) -> None:
+                 spread: bool = False, stuck_after_s: float = 300.0, **pool_options: Any) -> None:
         if type(actors) is not int or actors < 1:
             raise ConfigError("actors", f"{actors!r} is not a positive int", "use e.g. 2 (one per node)")
         if workers_per_actor is None:
@@ -163,6 +167,7 @@ class RayPool:
         self.workers = slots  # the number of evaluations that can run at once (SandboxPool's meaning)
         self.actors, self.workers_per_actor, self.max_attempts = actors, workers_per_actor, max_attempts
         self.max_in_flight = max_in_flight
+        self.stuck_after_s = float(stuck_after_s)
         self.max_replacements = 4 * actors if max_replacements is None else max_replacements
         self.replacements = 0
         self.retries = 0
@@ -228,7 +233,10 @@ class RayPool:
                     results[p.index] = _crashed("no scoring actor is left (all died; replacements used up)",
                                                 p.solo_deaths)
                 break
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=5.0)
+            if not ready:
+                self._kill_stuck(in_flight)
+                continue
             for ref in ready:
                 pending, slot = in_flight.pop(ref)
                 slot.running -= 1
@@ -280,8 +288,20 @@ class RayPool:
             slot.running += 1
             slot.solo = pending.suspect
             slot.refs.add(ref)
+            pending.deadline = time.monotonic() + float(getattr(task, "total_timeout_s", 0.0)) + self.stuck_after_s
             in_flight[ref] = (pending, slot)
             self.peak_in_flight = max(self.peak_in_flight, len(in_flight))
+
+    def _kill_stuck(self, in_flight: dict) -> None:
+        """Kill the actor of every job past its deadline (its call then fails as an actor death)."""
+        ray = _ray()
+        now = time.monotonic()
+        for pending, slot in list(in_flight.values()):
+            if now > pending.deadline and slot in self._slots:
+                log.warning("scoring actor %d: a job is %.0fs past its liveness limit; killing the actor",
+                            slot.index, self.stuck_after_s)
+                ray.kill(slot.handle, no_restart=True)
+                pending.deadline = float("inf")
 
     def _actor_died(self, slot: _Slot, pending: _Pending, todo: deque[_Pending], error: Exception
                     ) -> SandboxResult | None:
@@ -290,6 +310,10 @@ class RayPool:
         if slot in self._slots:
             log.warning("scoring actor %d died (%s); its jobs run elsewhere", slot.index, type(error).__name__)
             self._slots.remove(slot)
+            try:  # it may be alive after all (a lost object): free its CPUs for the replacement
+                _ray().kill(slot.handle, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
             if self.replacements < self.max_replacements:
                 self.replacements += 1
                 self._slots.append(self._start(slot.index))
