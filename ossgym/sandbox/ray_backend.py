@@ -176,9 +176,8 @@ class RayPool:
         self._owns_ray = False
         if not ray.is_initialized():
             if address is None:
-                import ossgym
-
-                root = os.path.dirname(os.path.dirname(os.path.abspath(ossgym.__file__)))
+                # the checkout holding this ossgym (ossgym/sandbox/ray_backend.py -> its parent of ossgym/)
+                root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
                 if runtime_env is None:
                     paths = [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
                     runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
