@@ -204,6 +204,15 @@ class PairedBaseline:
         self._thread: threading.Thread | None = None
         self.result: Any = None
 
+    def __getstate__(self) -> dict:
+        """Picklable (a driver is shipped to a Ray scoring actor and back): the queues and the thread are
+        per-run machinery, rebuilt empty; the baseline's driver and result are the state."""
+        return {"source": self.source, "task": self.task, "driver": self.driver, "result": self.result}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["source"], state["task"], state["driver"])
+        self.result = state["result"]
+
     def _drive(self, session: Any) -> None:
         self.driver.started = True
         while True:
