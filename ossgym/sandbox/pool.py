@@ -221,6 +221,7 @@ class Session:
             if left <= 0:
                 self.killed = True
                 self._kill()
+                self._drain()
                 return False
             ready, _, _ = select.select([self._fd], [], [], min(left, self._POLL_S))
             if not ready:
@@ -241,6 +242,22 @@ class Session:
                 self._kill()
                 return False
         return True
+
+    def _drain(self) -> None:
+        """After a kill at the deadline: keep what the worker had already sent (e.g. a checkpoint that a busy
+        caller had not read yet)."""
+        while True:
+            ready, _, _ = select.select([self._fd], [], [], 0.2)
+            try:
+                chunk = os.read(self._fd, 1 << 20) if ready else b""
+            except OSError:
+                return
+            if not chunk:
+                return
+            try:
+                self.frames.feed(chunk)
+            except PlainDataError:
+                return
 
     def wait_loaded(self) -> bool:
         """Wait for the worker to load the code; False if it ended instead (policy, syntax, load error)."""
