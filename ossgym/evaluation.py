@@ -308,3 +308,35 @@ def game2048_baseline_table(seeds: Sequence[int], names: Sequence[str] = GAME204
                      f"{frac(512)} | {frac(1024)} | {frac(2048)} | {tiles.max()} | "
                      f"{np.mean([g['steps'] for g in games]):.0f} |")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ command line
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ossgym.evaluation CHECKPOINT [ENV_ID] --seeds N --plot eval.png`` (what ``ossgym eval`` runs)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="ossgym eval", description="Score a checkpoint on a code env over "
+                                 "evaluation seeds and place it in the env's reference ladder (docs/rewards.md).")
+    ap.add_argument("checkpoint", help="'tiny', a local model folder (merged) or a peft adapter folder")
+    ap.add_argument("env_id", nargs="?", default="GptOss2048-v0", help="the code env (default GptOss2048-v0)")
+    ap.add_argument("--seeds", type=int, default=16, help="evaluation seeds 0..N-1 (default 16)")
+    ap.add_argument("--first-seed", type=int, default=0, help="first evaluation seed (default 0)")
+    ap.add_argument("--num-samples", type=int, default=1, help="completions per seed (default 1)")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="default: the agent config's")
+    ap.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
+    ap.add_argument("--plot", default=None, help="write the ladder as a PNG here")
+    ap.add_argument("--markdown", default=None, help="write the ladder table here")
+    args = ap.parse_args(argv)
+    result = evaluate(args.checkpoint, args.env_id, range(args.first_seed, args.first_seed + args.seeds),
+                      num_samples=args.num_samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    table = result.to_markdown()
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n", encoding="utf-8")
+    if args.plot:
+        print(f"plot: {result.plot(args.plot)}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -48,3 +48,13 @@ def test_saved_checkpoint_folder_is_loaded(tmp_path):
     res = evaluate(str(tmp_path / "ckpt"), "GptOss2048-v0", seeds=[0], max_new_tokens=4, progress=False,
                    agent_kwargs={"device": "cpu", "use_fast_engine": False})
     assert len(res.rewards) == 1
+
+
+def test_eval_command_line_writes_table_and_plot(tmp_path, capsys):
+    from ossgym.evaluation import main
+
+    assert main(["tiny", "GptOss2048-v0", "--seeds", "1", "--max-new-tokens", "4", "--plot", str(tmp_path / "p.png"),
+                 "--markdown", str(tmp_path / "t.md")]) == 0
+    out = capsys.readouterr().out
+    assert "| **tiny** |" in out and "below every reference" in out
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG" and "expectimax2" in (tmp_path / "t.md").read_text()
