@@ -68,3 +68,29 @@ def test_grpo_trainer_accepts_the_factory_and_the_router_loss_is_off():
     plain = GRPOTrainer(model=agent.model, processing_class=agent.tokenizer, args=GRPOConfig(**common),
                         train_dataset=rows, environment_factory=CodeEnvironment.factory("GptOss2048-v0"))
     assert not plain.aux_loss_enabled
+
+
+def test_a_gpt_oss_tool_call_is_parsed_by_trl_into_a_submit_call():
+    """The path of one TRL tool turn: the gpt-oss template shows the tool, TRL parses the model's
+    commentary-channel call, calls the method with its arguments, and the result is the tool message."""
+    from trl.chat_template_utils import add_response_schema, parse_response
+
+    from ossgym.agents.gptoss.tokenizer import load_tokenizer
+
+    env = CodeEnvironment("GptOss2048-v0", num_games=2)
+    env.reset(eval_seed=1)
+    tok = add_response_schema(load_tokenizer())
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Play."}], tools=[env.submit],
+                                     add_generation_prompt=True, tokenize=False)
+    assert "type submit = (_: {" in prompt and "code: string" in prompt
+    code = REFERENCES_2048["corner"]
+    import json
+
+    text = ("<|channel|>analysis<|message|>Submit corner.<|end|><|start|>assistant to=functions.submit"
+            f"<|channel|>commentary json<|message|>{json.dumps({'code': code})}<|call|>")
+    parsed = parse_response(tok, tok(text, add_special_tokens=False)["input_ids"],
+                            prefix=tok(prompt, add_special_tokens=False)["input_ids"], tools=[env.submit])
+    (call,) = parsed["tool_calls"]
+    assert call["function"]["name"] == "submit"
+    result = getattr(env, call["function"]["name"])(**call["function"]["arguments"])
+    assert "(ok)" in result and env.get_reward() > 2.0
