@@ -58,3 +58,18 @@ def test_eval_command_line_writes_table_and_plot(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| **tiny** |" in out and "below every reference" in out
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG" and "expectimax2" in (tmp_path / "t.md").read_text()
+
+
+def test_adapter_folder_is_loaded_on_its_base(tmp_path):
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    from ossgym.agents.agent import GptOssAgent
+
+    GptOssAgent.tiny().model.save_pretrained(tmp_path / "base")
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    lora = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    lora.save_pretrained(tmp_path / "adapter")
+    res = evaluate(str(tmp_path / "adapter"), "GptOss2048-v0", seeds=[0], max_new_tokens=4, progress=False,
+                   agent_kwargs={"device": "cpu", "use_fast_engine": False})
+    assert len(res.rewards) == 1 and res.name.endswith("adapter")
