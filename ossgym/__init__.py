@@ -16,4 +16,12 @@ __version__ = "0.1.0"
 
 register_envs()
 
-__all__ = ["__version__", "register_envs"]
+__all__ = ["__version__", "register_envs", "evaluate"]
+
+
+def __getattr__(name: str):
+    if name == "evaluate":  # imported on first use: keeps ``import ossgym`` light
+        from ossgym.evaluation import evaluate
+
+        return evaluate
+    raise AttributeError(f"module 'ossgym' has no attribute {name!r}")

@@ -21,6 +21,19 @@ Three input forms are understood (``ParsedCompletion.format`` says which one was
 
 ``ParsedCompletion.answer`` is what a task should treat as the model's answer: the final channel when the
 text is Harmony output, the whole text when it is not.
+
+Raw parsing follows OpenAI's reference parser (``openai-harmony``; tests/test_harmony_reference.py checks it
+token for token) where it matters for the answer:
+
+- inside a message's content only ``<|end|>``, ``<|return|>`` and ``<|call|>`` (and ``<|endoftext|>``) end
+  it; a stray ``<|channel|>``, ``<|message|>`` or ``<|constrain|>`` there is content, kept as its literal text;
+- a completion cut inside a header (``...<|end|><|start|>assistant<|channel|>final``) drops that unfinished
+  message (``ParsedCompletion.truncated`` still says it was cut), so an earlier complete final still counts;
+- a header without ``<|start|>`` (the completion continues the prompt's ``<|start|>assistant``) has the role
+  ``assistant``; other words before its ``<|channel|>`` are a recipient, as in the reference.
+
+Two deliberate differences, both more forgiving of a model that forgot ``<|end|>``: ``<|start|>`` always begins
+a new message (the reference reads it as content of the open one), and ``<|endoftext|>`` ends the open message.
 """
 
 from __future__ import annotations
@@ -65,6 +78,7 @@ class ParsedCompletion:
 
     messages: tuple[HarmonyMessage, ...]
     format: str  # "raw", "decoded" or "plain"
+    cut_in_header: bool = False  # raw text that stopped inside a message header (that message is dropped)
 
     @property
     def is_harmony(self) -> bool:
@@ -87,7 +101,9 @@ class ParsedCompletion:
     @property
     def truncated(self) -> bool:
         """Whether the last message has no terminal token (e.g. generation hit max_new_tokens)."""
-        return bool(self.messages) and self.format == "raw" and self.messages[-1].terminator is None
+        if self.format != "raw":
+            return False
+        return self.cut_in_header or (bool(self.messages) and self.messages[-1].terminator is None)
 
     @property
     def answer(self) -> str | None:
@@ -111,7 +127,8 @@ def parse_harmony(text: str) -> ParsedCompletion:
     if not isinstance(text, str):
         raise TypeError(f"parse_harmony expects a str, got {type(text).__name__}")
     if _RAW_TOKEN.search(text):
-        return ParsedCompletion(_parse_raw(text), "raw")
+        messages, cut_in_header = _parse_raw(text)
+        return ParsedCompletion(messages, "raw", cut_in_header)
     decoded = _parse_decoded(text)
     if decoded is not None:
         return ParsedCompletion(decoded, "decoded")
@@ -146,22 +163,35 @@ class _Open:
                 return None
             return HarmonyMessage(role=None, channel=None, content=self.role_text, terminator=terminator)
         role_words = self.role_text.split()
-        role = next((w for w in role_words if not w.startswith("to=")), None) or "assistant"
+        if self.implied:
+            # The prompt already opened "<|start|>assistant": a repeated role word is dropped and other words
+            # before <|channel|> name a recipient (as openai-harmony reads them), never the role.
+            role = "assistant"
+            if role_words and role_words[0] == "assistant":
+                role_words = role_words[1:]
+        else:
+            role = next((w for w in role_words if not w.startswith("to=")), None) or "assistant"
+            if role_words and role_words[0] == role:
+                role_words = role_words[1:]
         channel_words = self.channel_text.split()
         channel = next((w for w in channel_words if not w.startswith("to=")), None)
         m = _RECIPIENT.search(self.role_text) or _RECIPIENT.search(self.channel_text)
+        recipient = m.group(1) if m else None
+        if recipient is None and self.implied and role_words:
+            recipient = role_words[0]
         ctype = self.ctype_text.strip() or None
         return HarmonyMessage(
             role=role,
             channel=channel,
             content=self.content,
-            recipient=m.group(1) if m else None,
+            recipient=recipient,
             content_type=ctype,
             terminator=terminator,
         )
 
 
-def _parse_raw(text: str) -> tuple[HarmonyMessage, ...]:
+def _parse_raw(text: str) -> tuple[tuple[HarmonyMessage, ...], bool]:
+    """Messages of raw Harmony text, and whether it stopped inside an unfinished header."""
     messages: list[HarmonyMessage] = []
     cur: _Open | None = _Open(implied=True)
     pos = 0
@@ -209,8 +239,13 @@ def _parse_raw(text: str) -> tuple[HarmonyMessage, ...]:
         if cur is None:
             cur = _Open()
         cur.add(tail)
+    cut_in_header = False
+    if cur is not None and (cur.phase in ("channel", "constrain") or (cur.phase == "role" and not cur.implied)):
+        # Stopped inside a header ("...<|start|>assistant<|channel|>fin"): no message was begun, drop it.
+        cut_in_header = True
+        cur = None
     finish(None)
-    return tuple(messages)
+    return tuple(messages), cut_in_header
 
 
 def _parse_decoded(text: str) -> tuple[HarmonyMessage, ...] | None:

@@ -187,3 +187,22 @@ def test_never_raises_and_answer_is_str_or_none(text):
     p = parse_harmony(text)
     assert p.answer is None or isinstance(p.answer, str)
     assert p.format in ("raw", "decoded", "plain")
+
+
+def test_cut_inside_a_second_final_header_keeps_the_first_final():
+    p = parse_harmony("<|channel|>final<|message|>A<|end|><|start|>assistant<|channel|>final")
+    assert p.final == "A" and p.answer == "A"
+    assert p.truncated and p.cut_in_header and len(p.messages) == 1
+
+
+def test_stray_channel_token_inside_content_is_literal_content():
+    p = parse_harmony("<|channel|>final<|message|>abc<|channel|>final<|message|>def<|return|>")
+    assert p.final == "abc<|channel|>final<|message|>def"
+    assert [m.channel for m in p.messages] == ["final"]
+
+
+def test_text_before_the_first_channel_is_a_recipient_not_the_role():
+    p = parse_harmony("hello<|channel|>final<|message|>x<|return|>")
+    assert p.messages[0].role == "assistant" and p.messages[0].recipient == "hello"
+    assert p.final == "x"
+    assert parse_harmony("assistant<|channel|>final<|message|>y<|return|>").messages[0].recipient is None

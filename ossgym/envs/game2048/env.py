@@ -89,7 +89,8 @@ class Game2048Env(gym.Env[np.ndarray, np.int64]):
     * ``"noop"`` (default): nothing happens, reward 0, no new tile; the episode goes on.
     * ``"penalize"``: as noop, but the reward is ``-illegal_penalty`` (default 1.0).
     * ``"terminate"``: the episode ends (``terminated=True``) with reward 0.
-    ``info["action_mask"]`` says which moves are legal, so an agent can avoid them altogether.
+    ``info["action_mask"]`` (and ``env.action_masks()``, for MaskablePPO) says which moves are legal, so an
+    agent can avoid them altogether.
 
     ## Starting State
     An empty board with two random tiles, score 0. ``reset(options={"board": B, "score": S})`` starts
@@ -183,6 +184,10 @@ class Game2048Env(gym.Env[np.ndarray, np.int64]):
         info = {"action_mask": game.legal_mask(), "score": game.score, "max_tile": game.max_tile,
                 "illegal_move": not changed}
         return self._obs(), reward, terminated, False, info
+
+    def action_masks(self) -> np.ndarray:
+        """The legal moves of the current board (``bool`` array of 4), as sb3-contrib's MaskablePPO asks for."""
+        return self.game.legal_mask()
 
     def render(self) -> str | np.ndarray | None:
         """The board as ANSI text or an RGB array, per ``render_mode`` (None without one)."""
