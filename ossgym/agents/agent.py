@@ -22,6 +22,7 @@ import torch
 
 from ossgym.agents.gptoss.sampling import sample
 from ossgym.agents.gptoss.tokenizer import STOP_TOKEN_IDS, load_tokenizer
+from ossgym.agents.peft_utils import base_model
 from ossgym.errors import ConfigError, ModelError
 from ossgym.harmony import REASONING_EFFORTS, parse_harmony
 
@@ -82,10 +83,6 @@ class Generation:
     sample_index: int  # which of its num_samples
 
 
-def _is_peft(model: torch.nn.Module) -> bool:
-    return any(cls.__name__ == "PeftModel" for cls in type(model).__mro__)
-
-
 @functools.lru_cache(maxsize=None)
 def _cache_kwarg(model_class: type) -> str:
     """The name of the KV-cache argument (`cache` from transformers 5.2x, `past_key_values` before)."""
@@ -112,7 +109,7 @@ def reference_generate(model: torch.nn.Module, prompt_ids: Sequence[Sequence[int
         mask[row, width - len(prompt):] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    base = model.get_base_model() if _is_peft(model) else model
+    base = base_model(model)
     cache = DynamicCache(config=base.config)
     cache_arg = {_cache_kwarg(type(base)): cache}
     stops = torch.tensor(sorted(set(stop_token_ids)), dtype=torch.long, device=device)
