@@ -216,18 +216,23 @@ class GptOssAgent:
             messages.insert(0, {"role": "system", "content": self.config.instructions})
         return messages
 
-    def format_prompt(self, prompt: Prompt) -> str:
+    def format_prompt(self, prompt: Prompt, reasoning_effort: str | None = None,
+                      model_identity: str | None = None) -> str:
         """The Harmony text of a prompt: system message (with reasoning effort), developer and user turns,
-        then `<|start|>assistant`. Uses the tokenizer's chat template (gpt-oss's, which dates the system message)."""
-        extra = {"model_identity": self.config.model_identity} if self.config.model_identity else {}
+        then `<|start|>assistant`. Uses the tokenizer's chat template (gpt-oss's, which dates the system message).
+        Options left None take the agent config's values."""
+        effort = self.config.reasoning_effort if reasoning_effort is None else reasoning_effort
+        identity = self.config.model_identity if model_identity is None else model_identity
+        extra = {"model_identity": identity} if identity else {}
         return self.tokenizer.apply_chat_template(
-            self.messages(prompt), tokenize=False, add_generation_prompt=True,
-            reasoning_effort=self.config.reasoning_effort, **extra,
+            self.messages(prompt), tokenize=False, add_generation_prompt=True, reasoning_effort=effort, **extra,
         )
 
-    def encode_prompt(self, prompt: Prompt) -> list[int]:
-        """The token ids of `format_prompt(prompt)`."""
-        return self.tokenizer.encode(self.format_prompt(prompt), add_special_tokens=False)
+    def encode_prompt(self, prompt: Prompt, reasoning_effort: str | None = None,
+                      model_identity: str | None = None) -> list[int]:
+        """The token ids of `format_prompt(prompt, ...)`."""
+        return self.tokenizer.encode(self.format_prompt(prompt, reasoning_effort, model_identity),
+                                     add_special_tokens=False)
 
     # -------------------------------------------------------------------------------------- generation
     @property
@@ -288,16 +293,18 @@ class GptOssAgent:
 
     def generate(self, prompts: Sequence[Prompt], num_samples: int = 1, max_new_tokens: int | None = None,
                  temperature: float | None = None, top_p: float | None = None, seed: int | None = None,
+                 reasoning_effort: str | None = None, model_identity: str | None = None,
                  ) -> list[Generation]:
         """Sample `num_samples` completions per prompt; results are prompt-major (all samples of prompt 0 first).
 
-        Arguments left None take the agent config's values; the same seed gives the same completions.
+        Arguments left None take the agent config's values (the config is never changed by a call); the same
+        seed gives the same completions.
         """
         if isinstance(prompts, str):
             raise ConfigError("prompts", "got a single str", "pass a list of prompts, e.g. [prompt]")
         if num_samples < 1:
             raise ConfigError("num_samples", f"must be >= 1, got {num_samples}", "ask for at least one sample")
-        encoded = [self.encode_prompt(p) for p in prompts]
+        encoded = [self.encode_prompt(p, reasoning_effort, model_identity) for p in prompts]
         rows = [(i, s) for i in range(len(encoded)) for s in range(num_samples)]
         tokens, logprobs, reasons = self.generate_from_ids(
             [encoded[i] for i, _ in rows], max_new_tokens, temperature, top_p, seed)
