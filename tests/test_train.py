@@ -178,12 +178,18 @@ def test_two_steps_train_the_lora_and_export_it(two_step_run):
 # ------------------------------------------------------------------------------------------------------
 
 
+# Budgets no honest strategy of the warm start comes near, so a loaded machine cannot cut a game or time out a
+# move: each game ends by the work it did (the board filling up, max_moves), and the rewards depend only on the
+# seeds and the completions.
+LOAD_PROOF_OPTIONS = {"num_games": 1, "move_time_limit_s": 2.0, "time_budget_s": 120.0}
+
+
 def test_grpo_learns_which_strategy_block_pays(tmp_path):
     torch.manual_seed(0)
     agent = tiny_agent()
     prompt = [{"role": "user", "content": "Write strategy(board) for 2048."}]  # short: keeps the CPU run small
     supervised_warm_start(agent, [prompt], STRATEGY_2048_COMPLETIONS)
-    config = GRPORunConfig(env_id="GptOss2048-v0", env_kwargs=ENV_OPTIONS, steps=8, group_size=8,
+    config = GRPORunConfig(env_id="GptOss2048-v0", env_kwargs=LOAD_PROOF_OPTIONS, steps=8, group_size=8,
                            max_prompt_length=256, max_completion_length=32, max_seq_len=512, learning_rate=5e-3,
                            gradient_checkpointing=False, num_dataset_rows=32, output_dir=str(tmp_path), seed=0)
     result = run_training(config, agent=agent, prompt_fn=lambda seed: prompt, export_merged=False, progress=False)
