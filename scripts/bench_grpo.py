@@ -44,8 +44,8 @@ def main() -> int:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
     from ossgym.agents.agent import AgentConfig, GptOssAgent
-    from ossgym.agents.grpo import GRPORunConfig
-    from ossgym.train import run_training
+    from ossgym.training.config import GRPORunConfig
+    from ossgym.training.run import run_training
 
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     if device == "cpu" and not args.tiny:

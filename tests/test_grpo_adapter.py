@@ -1,4 +1,4 @@
-"""GRPO adapter (ossgym/agents/grpo.py) against TRL 1.16, on a tiny gpt-oss built locally (CPU, offline)."""
+"""GRPO adapter (ossgym/training/: rewards, dataset, rollout, config, logprobs) against TRL 1.16, on a tiny gpt-oss built locally (CPU, offline)."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ import torch
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental" in TRL 1.16
 
-from ossgym.agents.grpo import (  # noqa: E402
+from ossgym.training import (  # noqa: E402
     GRPORunConfig,
     RolloutSample,
     build_dataset,
-    chunked_logprobs,
     completion_text,
     make_reward_funcs,
     make_rollout_func,
 )
+from ossgym.training.logprobs import chunked_logprobs  # noqa: E402
 from ossgym.errors import ConfigError  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------------

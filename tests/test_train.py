@@ -1,4 +1,4 @@
-"""GRPO runs of the tiny gpt-oss agent on GptOss2048-v0 (ossgym/train.py, grpo_env.py, warm_start.py): CPU, offline."""
+"""GRPO runs of the tiny gpt-oss agent on GptOss2048-v0 (ossgym/training/: run, env, generation, warm start; cli.py): CPU, offline."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ import torch
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-from ossgym.agents.grpo import RAW_COMPLETION_FIELD, GRPORunConfig  # noqa: E402
-from ossgym.agents.grpo_env import AgentGenerate, EnvRewards, EnvScorer  # noqa: E402
-from ossgym.agents.warm_start import STRATEGY_2048_COMPLETIONS, supervised_warm_start  # noqa: E402
+from ossgym.cli import train_main as main  # noqa: E402
 from ossgym.errors import ConfigError  # noqa: E402
-from ossgym.train import main, run_training  # noqa: E402
+from ossgym.training import RAW_COMPLETION_FIELD, GRPORunConfig  # noqa: E402
+from ossgym.training.env import EnvRewards, EnvScorer  # noqa: E402
+from ossgym.training.generation import AgentGenerate  # noqa: E402
+from ossgym.training.run import run_training  # noqa: E402
+from ossgym.training.warm_start import STRATEGY_2048_COMPLETIONS, supervised_warm_start  # noqa: E402
 
 FAST_ENGINE = importlib.util.find_spec("ossgym.agents.gptoss.engine") is not None
 ENV_OPTIONS = {"num_games": 1}
@@ -139,7 +141,7 @@ def test_two_steps_log_every_component_and_write_outputs(two_step_run):
         assert all(isinstance(v, float) and math.isfinite(v) for v in r["components"].values())
         assert math.isfinite(r["loss"]) and r["kl"] is None  # beta = 0: TRL computes no KL
         assert r["reward"] == pytest.approx(sum(r["components"].values()), abs=1e-5)
-        for key in ("completion_length", "generation_s", "scoring_s", "step_s"):
+        for key in ("completion_length", "generation_s", "scoring_s", "forward_s", "backward_s", "step_s"):
             assert r[key] > 0
     assert any(r["reward_std"] > 0 for r in records)  # the warm-started model samples code and no code
     assert result.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -148,6 +150,7 @@ def test_two_steps_log_every_component_and_write_outputs(two_step_run):
     assert (checkpoint / "trainer_state.json").exists()
     report = (result.output_dir / "report.txt").read_text()
     assert "reward (sum)" in report and all(name in report for name in result.component_names)
+    assert "TRL forward" in report and "backward" in report  # the step time is named, not left as a remainder
 
 
 def test_two_steps_train_the_lora_and_export_it(two_step_run):
@@ -223,7 +226,7 @@ def test_cli_rejects_bad_options_naming_the_field(argv, field, capsys, tmp_path)
 def test_cli_parses_every_run_option():
     import argparse
 
-    from ossgym.train import add_train_parser, config_from_args
+    from ossgym.cli import add_train_parser, config_from_args
 
     parser = argparse.ArgumentParser()
     add_train_parser(parser.add_subparsers(dest="command"))
@@ -247,10 +250,56 @@ def test_train_parser_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import argparse, sys\nfrom ossgym.train import add_train_parser\n"
+    code = ("import argparse, sys\nfrom ossgym.cli import add_train_parser\n"
             "add_train_parser(argparse.ArgumentParser().add_subparsers())\n"
             "print(sorted(m for m in ('torch', 'trl', 'transformers') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_train_help_shows_each_fields_meaning_and_choices(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "completions sampled per prompt" in out and "{low,medium,high}" in out and "one of fast, trl" in out
+    assert "``" not in out and ":func:" not in out
+
+
+def test_ossgym_help_is_plain_text(capsys):
+    from ossgym.cli import main as ossgym_main
+
+    with pytest.raises(SystemExit):
+        ossgym_main(["--help"])
+    out = capsys.readouterr().out
+    assert "ossgym demo" in out and "``" not in out and ":func:" not in out and ":mod:" not in out
+
+
+def test_import_layers():
+    """sandbox imports none of envs/agents/training; envs and agents never import training (nor each other)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "ossgym"
+    forbidden = {"sandbox": ("ossgym.envs", "ossgym.agents", "ossgym.training"),
+                 "envs": ("ossgym.agents", "ossgym.training"), "agents": ("ossgym.envs", "ossgym.training")}
+    bad = []
+    for package, banned in forbidden.items():
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+                bad += [f"{path.relative_to(root)}: {n}" for n in names if n.startswith(banned)]
+    assert bad == []
+
+
+def test_example_trains_the_tiny_agent_with_trl(tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "grpo_tiny.py"
+    spec = importlib.util.spec_from_file_location("grpo_tiny", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rewards = module.main(["--steps", "1", "--group-size", "2", "--completion-tokens", "8",
+                           "--output-dir", str(tmp_path)])
+    assert len(rewards) == 1 and math.isfinite(rewards[0])

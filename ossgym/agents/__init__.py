@@ -1,1 +1,1 @@
-"""The gpt-oss agent (gptoss/) and the GRPO adapter (grpo.py)."""
+"""The gpt-oss agent (agent.py) and its fast inference engine (gptoss/); training lives in ossgym.training."""

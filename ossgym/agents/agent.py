@@ -22,6 +22,7 @@ import torch
 
 from ossgym.agents.gptoss.sampling import sample
 from ossgym.agents.gptoss.tokenizer import STOP_TOKEN_IDS, load_tokenizer
+from ossgym.agents.peft_utils import base_model
 from ossgym.errors import ConfigError, ModelError
 from ossgym.harmony import REASONING_EFFORTS, parse_harmony
 
@@ -82,10 +83,6 @@ class Generation:
     sample_index: int  # which of its num_samples
 
 
-def _is_peft(model: torch.nn.Module) -> bool:
-    return any(cls.__name__ == "PeftModel" for cls in type(model).__mro__)
-
-
 @functools.lru_cache(maxsize=None)
 def _cache_kwarg(model_class: type) -> str:
     """The name of the KV-cache argument (`cache` from transformers 5.2x, `past_key_values` before)."""
@@ -112,7 +109,7 @@ def reference_generate(model: torch.nn.Module, prompt_ids: Sequence[Sequence[int
         mask[row, width - len(prompt):] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    base = model.get_base_model() if _is_peft(model) else model
+    base = base_model(model)
     cache = DynamicCache(config=base.config)
     cache_arg = {_cache_kwarg(type(base)): cache}
     stops = torch.tensor(sorted(set(stop_token_ids)), dtype=torch.long, device=device)
@@ -219,18 +216,23 @@ class GptOssAgent:
             messages.insert(0, {"role": "system", "content": self.config.instructions})
         return messages
 
-    def format_prompt(self, prompt: Prompt) -> str:
+    def format_prompt(self, prompt: Prompt, reasoning_effort: str | None = None,
+                      model_identity: str | None = None) -> str:
         """The Harmony text of a prompt: system message (with reasoning effort), developer and user turns,
-        then `<|start|>assistant`. Uses the tokenizer's chat template (gpt-oss's, which dates the system message)."""
-        extra = {"model_identity": self.config.model_identity} if self.config.model_identity else {}
+        then `<|start|>assistant`. Uses the tokenizer's chat template (gpt-oss's, which dates the system message).
+        Options left None take the agent config's values."""
+        effort = self.config.reasoning_effort if reasoning_effort is None else reasoning_effort
+        identity = self.config.model_identity if model_identity is None else model_identity
+        extra = {"model_identity": identity} if identity else {}
         return self.tokenizer.apply_chat_template(
-            self.messages(prompt), tokenize=False, add_generation_prompt=True,
-            reasoning_effort=self.config.reasoning_effort, **extra,
+            self.messages(prompt), tokenize=False, add_generation_prompt=True, reasoning_effort=effort, **extra,
         )
 
-    def encode_prompt(self, prompt: Prompt) -> list[int]:
-        """The token ids of `format_prompt(prompt)`."""
-        return self.tokenizer.encode(self.format_prompt(prompt), add_special_tokens=False)
+    def encode_prompt(self, prompt: Prompt, reasoning_effort: str | None = None,
+                      model_identity: str | None = None) -> list[int]:
+        """The token ids of `format_prompt(prompt, ...)`."""
+        return self.tokenizer.encode(self.format_prompt(prompt, reasoning_effort, model_identity),
+                                     add_special_tokens=False)
 
     # -------------------------------------------------------------------------------------- generation
     @property
@@ -291,16 +293,18 @@ class GptOssAgent:
 
     def generate(self, prompts: Sequence[Prompt], num_samples: int = 1, max_new_tokens: int | None = None,
                  temperature: float | None = None, top_p: float | None = None, seed: int | None = None,
+                 reasoning_effort: str | None = None, model_identity: str | None = None,
                  ) -> list[Generation]:
         """Sample `num_samples` completions per prompt; results are prompt-major (all samples of prompt 0 first).
 
-        Arguments left None take the agent config's values; the same seed gives the same completions.
+        Arguments left None take the agent config's values (the config is never changed by a call); the same
+        seed gives the same completions.
         """
         if isinstance(prompts, str):
             raise ConfigError("prompts", "got a single str", "pass a list of prompts, e.g. [prompt]")
         if num_samples < 1:
             raise ConfigError("num_samples", f"must be >= 1, got {num_samples}", "ask for at least one sample")
-        encoded = [self.encode_prompt(p) for p in prompts]
+        encoded = [self.encode_prompt(p, reasoning_effort, model_identity) for p in prompts]
         rows = [(i, s) for i in range(len(encoded)) for s in range(num_samples)]
         tokens, logprobs, reasons = self.generate_from_ids(
             [encoded[i] for i, _ in rows], max_new_tokens, temperature, top_p, seed)

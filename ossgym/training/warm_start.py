@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from ossgym.agents.agent import GptOssAgent, Prompt
+from ossgym.agents.peft_utils import base_model
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def supervised_warm_start(
         targets[row, len(p) - 1 : len(seq) - 1] = torch.tensor(c)  # position t predicts token t + 1
     ids, mask, targets = ids.to(device), mask.to(device), targets.to(device)
     keep = targets != -100
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     with torch.no_grad():  # the body is fixed: one forward gives the features the head is fitted on
         hidden = base.model(input_ids=ids, attention_mask=mask).last_hidden_state[keep]
         head = base.lm_head.weight

@@ -1,0 +1,62 @@
+"""Per-token log-probabilities without the full ``[positions, vocab]`` logits (outside the trainer).
+
+TRL's ``GRPOTrainer`` already computes its training and reference log-probabilities in vocabulary chunks
+(``trl.kernels.ChunkedLogProbFunction``); :func:`chunked_logprobs` is the same quantity for code outside the
+trainer (checking the engine against the training forward, benchmarks), checked against TRL's kernel in tests.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ossgym.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, inv_t: float) -> torch.Tensor:
+    import torch
+
+    logits = (hidden @ weight.t()).float() * inv_t
+    return logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def chunked_logprobs(
+    hidden_states: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    token_ids: torch.Tensor,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """``log_softmax(hidden @ W.T / T)[token]`` per position, in fp32, ``chunk_size`` positions at a time.
+
+    At most one ``[chunk_size, vocab]`` block of logits exists at once, in the forward and (recomputed
+    under activation checkpointing) in the backward; gradients flow to ``hidden_states`` and ``W``.
+    ``hidden_states`` is ``[..., hidden]`` and ``token_ids`` ``[...]`` (the token each position predicts).
+    The product runs in the inputs' dtype (bf16 logits, as the model's own forward gives) and the
+    softmax in fp32.
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    if chunk_size < 1:
+        raise ConfigError("chunk_size", f"must be at least 1, got {chunk_size}", "Pass chunk_size=1024.")
+    if hidden_states.shape[:-1] != token_ids.shape:
+        raise ValueError(
+            f"hidden_states {tuple(hidden_states.shape)} does not match token_ids {tuple(token_ids.shape)}"
+        )
+    flat_hidden = hidden_states.reshape(-1, hidden_states.shape[-1])
+    flat_ids = token_ids.reshape(-1)
+    inv_t = 1.0 / temperature
+    grad = torch.is_grad_enabled() and (flat_hidden.requires_grad or lm_head_weight.requires_grad)
+    parts = []
+    for start in range(0, flat_ids.numel(), chunk_size):
+        h, ids = flat_hidden[start : start + chunk_size], flat_ids[start : start + chunk_size]
+        if grad:
+            parts.append(checkpoint(_chunk_logprobs, h, lm_head_weight, ids, inv_t, use_reentrant=False))
+        else:
+            parts.append(_chunk_logprobs(h, lm_head_weight, ids, inv_t))
+    if not parts:
+        return torch.zeros(token_ids.shape, dtype=torch.float32, device=hidden_states.device)
+    return torch.cat(parts).reshape(token_ids.shape)

@@ -1,0 +1,200 @@
+"""One GRPO run of a gpt-oss agent on an ossgym code env: :func:`run_training`, read top to bottom.
+
+One GRPO step, in the order it happens (TRL's ``GRPOTrainer`` drives it; each part is one module here):
+
+1. **Rows.** The sampler takes ``prompts_per_step`` dataset rows (:mod:`~ossgym.training.dataset`: the env's
+   chat prompt for an evaluation seed, and that seed) and repeats each ``group_size`` times.
+2. **Generation.** TRL calls the ``rollout_func`` (:mod:`~ossgym.training.rollout`) with those prompts. It
+   puts the model in eval mode and hands each distinct prompt once, with ``num_samples=group_size``, to the
+   generate function (:mod:`~ossgym.training.generation`: the agent's fast engine over the peft model being
+   trained, so the current LoRA weights act). It returns prompt ids, completion ids and the engine's
+   per-token log-probabilities, plus each completion's text with its special tokens (``raw_completion``).
+3. **Scoring.** TRL calls one reward function per component (:mod:`~ossgym.training.rewards`); the first
+   scores the whole batch through the env (:mod:`~ossgym.training.env`: extract the code, check the policy,
+   run it in the sandbox, the caller keeps state and time and decides the reward) and the others reuse it.
+4. **Advantages.** TRL sums the components, and normalises each reward within its group:
+   ``(r - mean(group)) / std(group)``. A group whose completions all scored alike teaches nothing
+   (``frac_reward_zero_std`` in the log).
+5. **Loss.** TRL's training forward recomputes each completion token's log-probability under the policy
+   (eager attention with sinks, LoRA on the attention and optionally the experts) and forms the clipped
+   policy-gradient loss (plus ``beta`` x KL against the adapter-free model when ``beta > 0``).
+6. **Update.** Backward, one optimizer step on the LoRA weights; the engine sees them in place at the next
+   generation (it calls the same modules).
+7. **Log.** :mod:`~ossgym.training.report` appends the step to ``log.jsonl`` (components, reward, loss, and
+   seconds in generation, scoring, forward, backward, optimizer) and rewrites ``rewards.png`` and
+   ``report.txt``.
+
+At the end the run saves the adapter (``adapter/``) and the adapter merged into the base model in bf16
+(``merged/``); Trainer checkpoints go to ``checkpoint-N``. ``examples/grpo_tiny.py`` is the same step with
+TRL called directly, in about sixty lines.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ossgym.agents.peft_utils import base_model
+from ossgym.training.config import GRPORunConfig
+from ossgym.training.dataset import build_dataset
+from ossgym.training.env import EnvRewards
+from ossgym.training.generation import AgentGenerate
+from ossgym.training.report import (
+    ADAPTER_DIR,
+    LOG_FILE,
+    MERGED_DIR,
+    TrainResult,
+    format_report,
+    make_run_log,
+    plot_rewards,
+    time_forward_backward,
+)
+from ossgym.training.rollout import make_rollout_func
+
+if TYPE_CHECKING:
+    from ossgym.agents.agent import GptOssAgent
+
+logger = logging.getLogger(__name__)
+
+
+def load_agent(config: GRPORunConfig) -> "GptOssAgent":
+    """The agent a run trains: the embedded tiny model (fp32, CPU) or ``config.model`` (bf16 on the GPU if any)."""
+    import torch
+
+    from ossgym.agents.agent import AgentConfig, GptOssAgent
+
+    agent_config = AgentConfig(reasoning_effort=config.reasoning_effort, max_seq_len=config.max_seq_len,
+                               use_fast_engine=config.generation == "fast")
+    if config.model is None:
+        return GptOssAgent.tiny(config=agent_config)
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return GptOssAgent.from_pretrained(config.model, dtype=dtype, use_fast_engine=config.generation == "fast",
+                                       config=agent_config)
+
+
+def _export(trainer: Any, tokenizer: Any, output_dir: Path, merged: bool) -> tuple[Path, Path | None]:
+    """Save the LoRA adapter, and (``merged``) the adapter merged into the base model, in bf16."""
+    import torch
+
+    adapter_dir = output_dir / ADAPTER_DIR
+    model = trainer.model
+    model.save_pretrained(adapter_dir)
+    tokenizer.save_pretrained(adapter_dir)
+    if not merged:
+        return adapter_dir, None
+    merged_dir = output_dir / MERGED_DIR
+    base = model.merge_and_unload()  # folds the adapter into the base weights (in place)
+    # a bf16 model (the GPU case) is saved as it is; a float32 one (the small CPU case) through a bf16 copy
+    export = base if base.dtype == torch.bfloat16 else copy.deepcopy(base).to(torch.bfloat16)
+    export.save_pretrained(merged_dir)
+    tokenizer.save_pretrained(merged_dir)
+    trainer.model = base
+    return adapter_dir, merged_dir
+
+
+def _time_trl_generation(trainer: Any) -> None:
+    """Log ``timing/generation_s`` for TRL's own generation too (the ossgym rollout logs its own)."""
+    generate = trainer._generate
+
+    def timed(prompts: list):
+        start = time.perf_counter()
+        out = generate(prompts)
+        trainer._log_metric("timing/generation_s", time.perf_counter() - start)
+        return out
+
+    trainer._generate = timed
+
+
+def run_training(
+    config: GRPORunConfig,
+    agent: "GptOssAgent | None" = None,
+    prompt_fn: Callable[[int], list[dict]] | None = None,
+    export_merged: bool = True,
+    progress: bool = True,
+    notes: Sequence[str] = (),
+    callbacks: Sequence[Any] = (),
+    **grpo_overrides: Any,
+) -> TrainResult:
+    """Run GRPO as ``config`` says and write the log, plot, report, checkpoints and exports.
+
+    ``agent`` defaults to :func:`load_agent`; ``prompt_fn(seed)`` to the env's own chat messages;
+    ``grpo_overrides`` set other ``trl.GRPOConfig`` fields; ``notes`` go into the report; ``callbacks`` are
+    extra ``transformers.TrainerCallback`` objects. The plot and report are rewritten after every step and
+    when the run is interrupted; at the end ``agent`` holds the trained model (merged when ``export_merged``).
+    """
+    import os
+    import warnings
+
+    import torch
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from transformers import PrinterCallback, ProgressCallback
+    from trl import GRPOTrainer
+
+    start = time.perf_counter()
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    env = EnvRewards(config.env_id, config.env_kwargs, config.reasoning_effort)
+    agent = agent if agent is not None else load_agent(config)
+    base = base_model(agent.model)
+    config.check_model_fits(int(base.config.max_position_embeddings))
+    config.check_lora_targets(base)
+    dataset = build_dataset(prompt_fn or env.prompt, config.num_dataset_rows, config.seed, config.reasoning_effort)
+    distinct = {json.dumps(p, sort_keys=True): p for p in dataset["prompt"]}.values()
+    config.check_prompt_length(max(len(agent.encode_prompt(p, config.reasoning_effort)) for p in distinct))
+    generate = AgentGenerate(agent) if config.generation == "fast" else None
+    cpu = not torch.cuda.is_available()
+    overrides: dict[str, Any] = dict(
+        use_cpu=cpu, bf16=not cpu, disable_tqdm=True, lr_scheduler_type="constant",
+        save_strategy="steps", save_steps=config.save_steps or config.steps,
+    )
+    overrides.update(grpo_overrides)
+    records: list[dict] = []
+    backend = "trl" if generate is None else None
+    title = f"GRPO on {config.env_id} ({config.model or 'tiny gpt-oss'})"
+
+    def write_outputs(**paths: Any) -> TrainResult:  # the plot and report, after every step and at the end
+        result = TrainResult(output_dir=output_dir, records=records, component_names=env.component_names,
+                             report="", generation_backend=backend or (generate.backend or "reference"),
+                             wall_s=time.perf_counter() - start, **paths)
+        plot_rewards(records, env.component_names, result.plot_path, title=title)
+        result.report = format_report(result, config, notes)
+        result.report_path.write_text(result.report + "\n")
+        return result
+
+    callback = make_run_log(output_dir / LOG_FILE, env.component_names, records, progress, on_step=write_outputs)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # TRL's gradient_checkpointing field name
+        trainer = GRPOTrainer(
+            model=agent.model,
+            reward_funcs=env.reward_funcs(),
+            args=config.grpo_config(**overrides),
+            train_dataset=dataset,
+            processing_class=agent.tokenizer,
+            peft_config=config.lora_config(),
+            rollout_func=make_rollout_func(generate, max_prompt_length=config.max_prompt_length),
+            callbacks=[callback, *callbacks],
+        )
+        if generate is None:
+            _time_trl_generation(trainer)
+        time_forward_backward(trainer, callback.timings)
+        for cls in (PrinterCallback, ProgressCallback):  # our callback logs and shows progress instead
+            trainer.remove_callback(cls)
+        try:
+            trainer.train()
+        except KeyboardInterrupt:
+            write_outputs()
+            logger.warning("interrupted after %d steps; outputs so far in %s", len(records), output_dir)
+            raise
+    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    adapter_dir, merged_dir = _export(trainer, agent.tokenizer, output_dir, export_merged)
+    agent.model = trainer.model
+    agent.reset_engine()
+    result = write_outputs(checkpoints=checkpoints, adapter_dir=adapter_dir, merged_dir=merged_dir)
+    logger.info("GRPO run done in %.1f s; outputs in %s", result.wall_s, output_dir)
+    return result
