@@ -88,3 +88,43 @@ def test_perturbed_rollout_logprob_changes_loss_by_the_formula():
     assert m["mismatch/abs_logp_diff_mean"] == pytest.approx(1.4 / 7)
     assert m["mismatch/abs_logp_diff_max"] == pytest.approx(1.0)
     assert m["mismatch/kl"] > 0
+
+
+def test_rollout_is_mixin_sets_ratio_logs_mismatch_and_restores_flags():
+    from collections import defaultdict
+
+    from ossgym.training.long_context import RolloutISCorrection
+
+    train = torch.tensor([[-1.0, -2.0], [-0.5, -0.5]])
+    rollout = torch.tensor([[-1.0, -2.5], [-0.5, -0.5]])
+    seen = {}
+
+    class FakeTrainer:
+        def __init__(self):
+            self.use_vllm, self.vllm_importance_sampling_correction = False, False
+            self._metrics = {"train": defaultdict(list)}
+            self.model = torch.nn.Linear(1, 1)
+            self.args = type("A", (), {"per_device_train_batch_size": 2})()
+
+        def _generate_and_score_completions(self, inputs):
+            return {"prompt_ids": torch.zeros(2, 3, dtype=torch.long), "prompt_mask": torch.ones(2, 3),
+                    "completion_ids": torch.zeros(2, 2, dtype=torch.long), "completion_mask": torch.ones(2, 2),
+                    "sampling_per_token_logps": rollout}
+
+        def _get_per_token_logps_and_entropies(self, model, ids, mask, keep, batch_size=None):
+            assert keep == 2 and ids.shape == (2, 5)
+            return train, None, None
+
+        def _compute_loss(self, model, inputs):
+            seen["flags"] = (self.use_vllm, self.vllm_importance_sampling_correction)
+            return torch.tensor(0.0)
+
+    class Trainer(RolloutISCorrection, FakeTrainer):
+        pass
+
+    t = Trainer(rollout_is_mode="sequence_mask", rollout_is_cap=3.0)
+    out = t._generate_and_score_completions({})
+    assert out["importance_sampling_ratio"][:, 0].tolist() == pytest.approx([math.exp(0.5), 1.0])
+    assert t._metrics["train"]["mismatch/abs_logp_diff_max"] == [pytest.approx(0.5)]
+    t._compute_loss(None, out)
+    assert seen["flags"] == (True, True) and (t.use_vllm, t.vllm_importance_sampling_correction) == (False, False)

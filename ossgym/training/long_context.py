@@ -84,3 +84,66 @@ def completion_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attenti
     hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
     hidden = hidden[:, -logits_to_keep - 1:-1]
     return chunked_logprobs(hidden, head.weight, input_ids[:, -logits_to_keep:], chunk_size, temperature)
+
+
+class RolloutISCorrection:
+    """Mixin for ``trl.GRPOTrainer``: TRL's IS correction with the rollout's own log-probs, without vLLM.
+
+    TRL computes the ratio and multiplies the per-token loss by it only under ``use_vllm``. This mixin takes the
+    ``sampling_per_token_logps`` TRL already keeps from a ``rollout_func`` (the fast engine's ``logprobs``),
+    scores the completions with the training model (no grad; TRL's own ``_get_per_token_logps_and_entropies``,
+    chunked), stores :func:`rollout_is_ratio` as ``importance_sampling_ratio`` and logs
+    :func:`mismatch_metrics` every step; in the loss it lets TRL's own multiplication run. Use::
+
+        class Trainer(RolloutISCorrection, GRPOTrainer): ...
+        trainer = Trainer(..., rollout_is_mode="sequence_mask", rollout_is_cap=3.0)
+
+    ``rollout_is_mode=None`` turns it off. Not applied with ``loss_type="vespo"`` (TRL's own rule) or Liger's loss.
+    """
+
+    def __init__(self, *args, rollout_is_mode: str | None = DEFAULT_IS_MODE, rollout_is_cap: float = DEFAULT_IS_CAP,
+                 **kwargs):
+        if rollout_is_mode is not None and rollout_is_mode not in IS_MODES:
+            raise ConfigError("rollout_is_mode", f"unknown mode {rollout_is_mode!r}",
+                              f"Use one of {', '.join(IS_MODES)}, or None to turn the correction off.")
+        super().__init__(*args, **kwargs)
+        self.rollout_is_mode = rollout_is_mode
+        self.rollout_is_cap = rollout_is_cap
+
+    def _rollout_is_active(self) -> bool:
+        return self.rollout_is_mode is not None and not getattr(self, "use_vllm", False)
+
+    def _generate_and_score_completions(self, inputs):
+        import torch
+
+        out = super()._generate_and_score_completions(inputs)
+        rollout = out.get("sampling_per_token_logps")
+        if not self._rollout_is_active() or rollout is None:
+            return out
+        ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+        mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+        keep = out["completion_ids"].size(1)
+        train = out.get("old_per_token_logps")
+        if train is None:
+            with torch.no_grad():
+                train, _, _ = self._get_per_token_logps_and_entropies(
+                    self.model, ids, mask, keep, batch_size=self.args.per_device_train_batch_size)
+        cmask = out["completion_mask"]
+        ratio = rollout_is_ratio(train, rollout, cmask, self.rollout_is_mode, self.rollout_is_cap)
+        out["importance_sampling_ratio"] = ratio
+        mode = "train" if self.model.training else "eval"
+        for name, value in mismatch_metrics(train, rollout, cmask, ratio).items():
+            self._metrics[mode][name].append(value)
+        return out
+
+    def _compute_loss(self, model, inputs):
+        if not (self._rollout_is_active() and "importance_sampling_ratio" in inputs):
+            return super()._compute_loss(model, inputs)
+        # TRL multiplies the per-token loss by inputs["importance_sampling_ratio"] only under these two flags,
+        # which _compute_loss reads for nothing else (TRL 1.16)
+        saved = self.use_vllm, self.vllm_importance_sampling_correction
+        self.use_vllm, self.vllm_importance_sampling_correction = True, True
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self.use_vllm, self.vllm_importance_sampling_correction = saved
