@@ -128,3 +128,15 @@ def test_rollout_is_mixin_sets_ratio_logs_mismatch_and_restores_flags():
     assert t._metrics["train"]["mismatch/abs_logp_diff_max"] == [pytest.approx(0.5)]
     t._compute_loss(None, out)
     assert seen["flags"] == (True, True) and (t.use_vllm, t.vllm_importance_sampling_correction) == (False, False)
+
+
+def test_micro_batches_accumulate_inside_one_step():
+    from ossgym.errors import ConfigError
+    from ossgym.training.config import GRPORunConfig
+
+    kw = dict(env_id="GptOssMatmul-v0", group_size=4, prompts_per_step=3, steps=2, output_dir="/tmp/unused-grpo")
+    args = GRPORunConfig(micro_batch_size=2, **kw).grpo_config(use_cpu=True)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.steps_per_generation) == (2, 6, 6)
+    assert GRPORunConfig(**kw).attn_implementation == "auto"
+    with pytest.raises(ConfigError, match="micro_batch_size"):
+        GRPORunConfig(micro_batch_size=5, **kw)

@@ -21,7 +21,7 @@ Paths:
 - CUDA: compiled ``flex_attention`` (one compiled kernel, ``dynamic=True``, so lengths do not recompile), with
   a block-sparse ``BlockMask`` built at block granularity from causality, the sliding window and the padding
   (O((N/128)^2) small integers, never an N x N mask). Memory is O(N) in forward and backward.
-- CPU (and CUDA without flex): the same formula in plain PyTorch over query chunks, each chunk recomputed in
+- CPU (and CUDA without flex, and decoding steps against a cache): the same formula in plain PyTorch over query chunks, each chunk recomputed in
   backward (``torch.utils.checkpoint``), so memory is O(N * chunk). This is the reference the tests use.
 
 The mask function registered beside the attention returns a :class:`SinksMask` (a few ints and the 2-D
@@ -239,7 +239,7 @@ def flex_sinks_attention(module: torch.nn.Module, query: torch.Tensor, key: torc
                         "load the model with attn_implementation='flex_sinks'")
     if mask.window is None and sliding_window is not None:
         mask = dataclasses.replace(mask, window=int(sliding_window))
-    if use_flex(query.device):
+    if use_flex(query.device) and query.shape[2] == key.shape[2]:  # cached decoding: the reference path
         out = _flex_attention(query, key, value, mask, sinks, scaling)
     else:
         groups = query.shape[1] // key.shape[1]
