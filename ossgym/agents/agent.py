@@ -320,3 +320,9 @@ class GptOssAgent:
         """One completion for an ossgym code env: the observation is the prompt, or `info["messages"]` if given."""
         prompt: Prompt = info["messages"] if info and "messages" in info else observation
         return self.generate([prompt])[0].text
+
+
+# transformers models accept attn_implementation="flex_sinks" once the agent is imported (the training attention)
+from ossgym.agents.gptoss.flex_sinks import register as _register_flex_sinks  # noqa: E402
+
+_register_flex_sinks()

@@ -20,9 +20,11 @@ from ossgym.options import check_options, option
 if TYPE_CHECKING:  # torch is imported where it is used, so the ``ossgym train`` parser stays light
     import torch
 
-# Only eager is known to give the sink gradient in the backward pass (FlashAttention-3 with sinks drops it; sdpa
-# has no sinks; transformers refuses flex attention with sinks on CPU, and its backward is unverified on GPU).
-ATTENTION_IMPLEMENTATIONS = ("eager",)
+# Attentions that give the sink gradient in the backward pass (FlashAttention-3 with sinks drops it; sdpa has no
+# sinks): eager (the reference, O(N^2) memory) and ossgym's flex_sinks (ossgym/agents/gptoss/flex_sinks.py: exact
+# sinks, O(N) memory, checked against eager); "auto" is flex_sinks on CUDA and eager on CPU.
+ATTENTION_IMPLEMENTATIONS = ("auto", "eager", "flex_sinks")
+ROLLOUT_IS_MODES = ("none", "sequence_mask", "sequence_truncate", "token_mask", "token_truncate")
 GENERATION_BACKENDS = ("fast", "trl")
 
 
@@ -80,9 +82,18 @@ class GRPORunConfig:
                              "own generate)", choices=GENERATION_BACKENDS,
                              fix='Use "fast" (the ossgym engine) or "trl" (TRL\'s own generate).')
     attn_implementation: str = option(
-        "eager", "attention of the training forward (it must give the sink gradient)", choices=ATTENTION_IMPLEMENTATIONS,
-        fix='Use "eager": gpt-oss training needs attention whose backward includes the sink gradient '
-        "(FlashAttention-3 with sinks ignores it; sdpa has no sinks).")
+        "auto", "attention of the training forward (it must give the sink gradient): auto is flex_sinks on CUDA, "
+        "eager on CPU", choices=ATTENTION_IMPLEMENTATIONS,
+        fix='Use "auto", "flex_sinks" or "eager": gpt-oss training needs attention whose backward includes the '
+        "sink gradient (FlashAttention-3 with sinks ignores it; sdpa has no sinks).")
+    micro_batch_size: int = option(0, "sequences per forward/backward; one GRPO step accumulates gradients over "
+                                   "its micro-batches (0: the whole step at once)", min=0)
+    offload_checkpoints: bool = option(False, "keep the activation checkpoints in pinned CPU memory (less GPU "
+                                       "memory, slower backward)")
+    rollout_is_mode: str = option("sequence_mask", "rollout/training mismatch correction with the engine's "
+                                  "logprobs, as TRL defines it for vLLM (none: off)", choices=ROLLOUT_IS_MODES)
+    rollout_is_cap: float = option(3.0, "upper bound of the importance ratio (mask or truncate above it)",
+                                   min=1.0)
     gradient_checkpointing: bool = option(True, "recompute activations in the backward (less memory, more time)")
     router_aux_loss_coef: float = option(0.0, "weight of the MoE router load-balancing loss (0 for LoRA runs)",
                                          min=0.0)
@@ -118,6 +129,14 @@ class GRPORunConfig:
                 "lora_targets",
                 "includes lm_head, which TRL refuses (it reads lm_head.weight directly: the adapter would not train)",
                 "Remove lm_head.",
+            )
+        step_batch = self.group_size * self.prompts_per_step
+        if self.micro_batch_size and step_batch % self.micro_batch_size:
+            raise ConfigError(
+                "micro_batch_size",
+                f"{self.micro_batch_size} does not divide the step's {step_batch} sequences (group_size x "
+                "prompts_per_step)",
+                f"Pass a divisor of {step_batch}, e.g. 1, or 0 for the whole step at once.",
             )
         if self.max_prompt_length + self.max_completion_length > self.max_seq_len:
             raise ConfigError(
@@ -187,8 +206,11 @@ class GRPORunConfig:
             output_dir=self.output_dir,
             max_steps=self.steps,
             num_generations=self.group_size,
-            per_device_train_batch_size=self.group_size * self.prompts_per_step,
-            gradient_accumulation_steps=1,
+            # one generation of the whole step, split into micro-batches whose gradients accumulate
+            # (TRL: steps_per_generation defaults to gradient_accumulation_steps)
+            per_device_train_batch_size=self.micro_batch_size or self.group_size * self.prompts_per_step,
+            gradient_accumulation_steps=(self.group_size * self.prompts_per_step) // (
+                self.micro_batch_size or self.group_size * self.prompts_per_step),
             learning_rate=self.learning_rate,
             max_completion_length=self.max_completion_length,
             temperature=self.temperature,

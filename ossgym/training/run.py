@@ -44,6 +44,7 @@ from ossgym.training.config import GRPORunConfig
 from ossgym.training.dataset import build_dataset
 from ossgym.training.env import EnvRewards
 from ossgym.training.generation import AgentGenerate
+from ossgym.training.long_context import RolloutISCorrection
 from ossgym.training.report import (
     ADAPTER_DIR,
     LOG_FILE,
@@ -142,6 +143,11 @@ def run_training(
     env = EnvRewards(config.env_id, config.env_kwargs, config.reasoning_effort)
     agent = agent if agent is not None else load_agent(config)
     base = base_model(agent.model)
+    attn = config.attn_implementation
+    if attn == "auto":
+        attn = "flex_sinks" if torch.cuda.is_available() else "eager"
+    if base.config._attn_implementation != attn:
+        base.set_attn_implementation(attn)  # the training forward only; the fast engine has its own attention
     config.check_model_fits(int(base.config.max_position_embeddings))
     config.check_lora_targets(base)
     dataset = build_dataset(prompt_fn or env.prompt, config.num_dataset_rows, config.seed, config.reasoning_effort)
@@ -170,7 +176,12 @@ def run_training(
     callback = make_run_log(output_dir / LOG_FILE, env.component_names, records, progress, on_step=write_outputs)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # TRL's gradient_checkpointing field name
-        trainer = GRPOTrainer(
+        trainer_class, is_kwargs = GRPOTrainer, {}
+        if generate is not None and config.rollout_is_mode != "none":
+            trainer_class = type("ISCorrectedGRPOTrainer", (RolloutISCorrection, GRPOTrainer), {})
+            is_kwargs = {"rollout_is_mode": config.rollout_is_mode, "rollout_is_cap": config.rollout_is_cap}
+        trainer = trainer_class(
+            **is_kwargs,
             model=agent.model,
             reward_funcs=env.reward_funcs(),
             args=config.grpo_config(**overrides),
@@ -186,7 +197,11 @@ def run_training(
         for cls in (PrinterCallback, ProgressCallback):  # our callback logs and shows progress instead
             trainer.remove_callback(cls)
         try:
-            trainer.train()
+            if config.offload_checkpoints:
+                with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+                    trainer.train()
+            else:
+                trainer.train()
         except KeyboardInterrupt:
             write_outputs()
             logger.warning("interrupted after %d steps; outputs so far in %s", len(records), output_dir)
