@@ -99,3 +99,151 @@ def test_split_lora_grouped_linear_has_gradients_in_the_factors():
     ga = torch.autograd.grad(y.sum(), a)[0]
     gref = torch.autograd.grad(ref.sum(), a)[0]
     torch.testing.assert_close(ga, gref)
+
+
+# ------------------------------------------------------------------------------------- checkpoint loading
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from ossgym.agents.gptoss.mxfp4 import save_mxfp4
+    from ossgym.agents.gptoss.tiny import tiny_model
+
+    path = tmp_path_factory.mktemp("mxfp4") / "ckpt"
+    save_mxfp4(tiny_model(num_hidden_layers=2), path)
+    return path
+
+
+IDS = [[200006, 17360, 200008, 3575, 553, 261, 10297, 29186, 13, 200007, 200006, 173781]]
+
+
+def test_packer_writes_the_official_layout_bit_exactly(checkpoint, tmp_path):
+    from safetensors.torch import load_file
+
+    from ossgym.agents.gptoss.mxfp4 import load_gptoss, save_mxfp4
+
+    tensors = load_file(str(checkpoint / "model.safetensors"))
+    blocks = tensors["model.layers.0.mlp.experts.gate_up_proj_blocks"]
+    scales = tensors["model.layers.0.mlp.experts.gate_up_proj_scales"]
+    assert blocks.dtype == scales.dtype == torch.uint8
+    assert tuple(blocks.shape) == (4, 192, 2, 16) and tuple(scales.shape) == (4, 192, 2)  # [E, out, in/32, (16)]
+    assert "model.layers.0.mlp.experts.gate_up_proj" not in tensors
+    model = load_gptoss(checkpoint, experts="mxfp4", dtype=torch.float32)
+    save_mxfp4(model, tmp_path / "again")
+    again = load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert again.keys() == tensors.keys()
+    assert all(torch.equal(again[k], tensors[k]) for k in tensors)  # load + save: the same bytes
+
+
+def test_mxfp4_model_equals_transformers_dequantized_load(checkpoint):
+    from transformers import AutoModelForCausalLM, Mxfp4Config
+
+    from ossgym.agents.gptoss.engine import FastGptOss
+    from ossgym.agents.gptoss.mxfp4 import OssExperts, load_gptoss
+
+    hf = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32, attn_implementation="eager",
+                                              quantization_config=Mxfp4Config(dequantize=True)).eval()
+    ours = load_gptoss(checkpoint, experts="mxfp4", dtype=torch.float32)
+    experts = ours.model.layers[0].mlp.experts
+    assert isinstance(experts, OssExperts) and experts.gate_up_proj_blocks.dtype == torch.uint8
+    assert not any(p.dtype == torch.float32 and p.dim() == 3 for p in ours.parameters())  # no dense experts
+    torch.testing.assert_close(experts.expert_weight("gate_up_proj").dense(torch.float32),
+                               hf.model.layers[0].mlp.experts.gate_up_proj, rtol=0, atol=0)
+    ids = torch.tensor(IDS)
+    with torch.no_grad():
+        ref = hf(ids).logits
+        torch.testing.assert_close(ours(ids).logits, ref, rtol=1e-4, atol=1e-4)  # HF forward through OssExperts
+        engine = FastGptOss(ours, max_batch_size=1, max_seq_len=32, compile=False)
+        torch.testing.assert_close(engine.logits(IDS), ref, rtol=1e-4, atol=1e-4)
+        dense = load_gptoss(checkpoint, experts="bf16", dtype=torch.float32)  # dequantized at load
+        torch.testing.assert_close(dense(ids).logits, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_checkpoint_quantized_at_load(tmp_path):
+    from ossgym.agents.gptoss.mxfp4 import convert_experts, load_gptoss
+    from ossgym.agents.gptoss.tiny import tiny_model
+
+    model = tiny_model(num_hidden_layers=2)
+    model.save_pretrained(tmp_path / "bf16")
+    loaded = load_gptoss(tmp_path / "bf16", experts="mxfp4", dtype=torch.float32)
+    reference = convert_experts(tiny_model(num_hidden_layers=2), "mxfp4")
+    for a, b in zip(loaded.model.layers, reference.model.layers):
+        assert torch.equal(a.mlp.experts.down_proj_blocks, b.mlp.experts.down_proj_blocks)
+        assert torch.equal(a.mlp.experts.down_proj_scales, b.mlp.experts.down_proj_scales)
+    ids = torch.tensor(IDS)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, reference(ids).logits)
+
+
+# -------------------------------------------------------------------------------------------- split LoRA
+def _with_lora(checkpoint):
+    from ossgym.agents.gptoss.mxfp4 import add_expert_lora, load_gptoss
+
+    model = load_gptoss(checkpoint, experts="mxfp4", dtype=torch.float32)
+    params = add_expert_lora(model, rank=2, alpha=4.0)
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0, 0.3)  # B starts at zero: make the adapter do something
+    return model, params
+
+
+def test_split_lora_saves_in_peft_format_and_peft_gives_the_same_logits(checkpoint, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, Mxfp4Config
+
+    from ossgym.agents.gptoss.engine import FastGptOss
+    from ossgym.agents.gptoss.mxfp4 import save_expert_lora
+
+    model, _ = _with_lora(checkpoint)
+    ids = torch.tensor(IDS)
+    with torch.no_grad():
+        ours = model(ids).logits
+        engine = FastGptOss(model, max_batch_size=1, max_seq_len=32, compile=False).logits(IDS)
+    torch.testing.assert_close(engine, ours, rtol=1e-4, atol=1e-4)
+    save_expert_lora(model, tmp_path / "adapter", rank=2, alpha=4.0)
+    hf = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32, attn_implementation="eager",
+                                              quantization_config=Mxfp4Config(dequantize=True)).eval()
+    with torch.no_grad():
+        base = hf(ids).logits
+        peft_model = PeftModel.from_pretrained(hf, str(tmp_path / "adapter")).eval()
+        theirs = peft_model(ids).logits
+    assert (ours - base).abs().max() > 1e-2  # the adapter matters
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
+    # and the engine reads peft's adapter as split factors too
+    with torch.no_grad():
+        torch.testing.assert_close(FastGptOss(peft_model, 1, 32, compile=False).logits(IDS), ours,
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_lora_trains_through_frozen_mxfp4_with_activation_checkpointing(checkpoint):
+    model, params = _with_lora(checkpoint)
+    model.train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    ids = torch.tensor(IDS)
+    loss = model(ids, labels=ids).loss
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+    # the gradient equals the one without checkpointing
+    grads = [p.grad.clone() for p in params]
+    model.gradient_checkpointing_disable()
+    for p in params:
+        p.grad = None
+    model(ids, labels=ids).loss.backward()
+    for g, p in zip(grads, params):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+
+
+def test_agent_from_pretrained_keeps_mxfp4(checkpoint):
+    from ossgym.agents.agent import GptOssAgent
+    from ossgym.agents.gptoss.mxfp4 import OssExperts
+    from ossgym.errors import ConfigError
+
+    agent = GptOssAgent.from_pretrained(str(checkpoint), dtype=torch.float32, device="cpu")
+    experts = agent.model.model.layers[1].mlp.experts
+    assert isinstance(experts, OssExperts) and experts.format == "mxfp4"
+    out = agent.generate_from_ids(IDS, max_new_tokens=3, temperature=0.0)
+    assert len(out[0][0]) == 3
+    with pytest.raises(ConfigError):
+        GptOssAgent.from_pretrained(str(checkpoint), experts="nf4")
