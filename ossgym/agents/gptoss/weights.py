@@ -133,21 +133,20 @@ if triton is not None:
 
     @triton.jit
     def _dequant_tile(blocks_ptr, scales_ptr, expert, out_idx, out_mask, in_start, in_features,
-                      stride_be, stride_bo, stride_se, stride_so, BLOCK_IN: tl.constexpr):
+                      stride_be, stride_bo, stride_se, stride_so, ROWS: tl.constexpr, BLOCK_IN: tl.constexpr):
         """Dequantized tile [len(out_idx), BLOCK_IN] (rows: output features; columns: in_start + 0..BLOCK_IN-1)."""
         byte = in_start // 2 + tl.arange(0, BLOCK_IN // 2)
         in_mask = byte * 2 < in_features
         mask = out_mask[:, None] & in_mask[None, :]
         raw = tl.load(blocks_ptr + expert * stride_be + out_idx[:, None] * stride_bo + byte[None, :],
                       mask=mask, other=0).to(tl.int32)
-        group = byte // (BLOCK // 2)
+        group = byte // 16  # 16 bytes (32 values) per scale
         s = tl.load(scales_ptr + expert * stride_se + out_idx[:, None] * stride_so + group[None, :],
                     mask=mask, other=127).to(tl.int32)
         factor = tl.exp2((s - 127).to(tl.float32))
         lo = _fp4_to_float(raw & 15) * factor
         hi = _fp4_to_float(raw >> 4) * factor
-        rows: tl.constexpr = out_idx.shape[0]
-        return tl.reshape(tl.join(lo, hi), (rows, BLOCK_IN))
+        return tl.reshape(tl.join(lo, hi), (ROWS, BLOCK_IN))
 
     @triton.jit
     def _mxfp4_grouped_kernel(
@@ -176,11 +175,11 @@ if triton is not None:
                             other=0.0)
                 if TRANSPOSE:  # K = out features, N = in features
                     w = _dequant_tile(blocks_ptr, scales_ptr, expert, ks, k_mask, pid_n * BLOCK_N, in_features,
-                                      stride_be, stride_bo, stride_se, stride_so, BLOCK_N)
+                                      stride_be, stride_bo, stride_se, stride_so, BLOCK_K, BLOCK_N)
                     acc += tl.dot(a, w.to(a.dtype))
                 else:  # K = in features, N = out features
                     w = _dequant_tile(blocks_ptr, scales_ptr, expert, cols, col_mask, k0, in_features,
-                                      stride_be, stride_bo, stride_se, stride_so, BLOCK_K)
+                                      stride_be, stride_bo, stride_se, stride_so, BLOCK_N, BLOCK_K)
                     acc += tl.dot(a, tl.trans(w.to(a.dtype)))
         tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], acc.to(y_ptr.dtype.element_ty),
                  mask=row_mask[:, None] & col_mask[None, :])
