@@ -179,6 +179,7 @@ def _with_lora(checkpoint):
 
     model = load_gptoss(checkpoint, experts="mxfp4", dtype=torch.float32)
     params = add_expert_lora(model, rank=2, alpha=4.0)
+    torch.manual_seed(0)
     with torch.no_grad():
         for p in params:
             p.normal_(0, 0.3)  # B starts at zero: make the adapter do something
@@ -247,3 +248,28 @@ def test_agent_from_pretrained_keeps_mxfp4(checkpoint):
     assert len(out[0][0]) == 3
     with pytest.raises(ConfigError):
         GptOssAgent.from_pretrained(str(checkpoint), experts="nf4")
+
+
+def test_export_merged_mxfp4_and_bf16_load_with_stock_transformers(checkpoint, tmp_path):
+    from transformers import AutoModelForCausalLM, Mxfp4Config
+
+    from ossgym.agents.gptoss.mxfp4 import merge_expert_lora, save_mxfp4, to_hf_experts
+
+    model, _ = _with_lora(checkpoint)
+    ids = torch.tensor(IDS)
+    with torch.no_grad():
+        with_adapter = model(ids).logits
+    # merged bf16: stock GptOssExperts, plain save_pretrained, stock loader, same logits
+    bf16, _ = _with_lora(checkpoint)
+    to_hf_experts(bf16).save_pretrained(tmp_path / "bf16")
+    plain = AutoModelForCausalLM.from_pretrained(str(tmp_path / "bf16"), dtype=torch.float32).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, with_adapter, rtol=1e-4, atol=1e-4)
+    # merged MXFP4: re-quantized, error reported, written in the official layout, loads with transformers
+    errors = merge_expert_lora(model, "mxfp4")
+    assert set(errors) == {"gate_up_proj", "down_proj"} and all(0 < e < 0.2 for e in errors.values())
+    save_mxfp4(model, tmp_path / "mxfp4")
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "mxfp4"), dtype=torch.float32,
+                                              quantization_config=Mxfp4Config(dequantize=True)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)

@@ -209,6 +209,67 @@ def save_expert_lora(model: nn.Module, directory: str | Path, rank: int, alpha: 
     return directory
 
 
+@torch.no_grad()
+def merge_expert_lora(model: nn.Module, fmt: str = "mxfp4") -> dict[str, float]:
+    """Fold each OssExperts' split LoRA into its weights, held as `fmt` afterwards (one expert at a time).
+
+    Returns the relative error of the re-quantized merge against the exact merged weights (fmt "mxfp4"; 0 for
+    "bf16"), per projection over all layers: what exporting a merged MXFP4 checkpoint costs."""
+    if fmt not in EXPERT_FORMATS:
+        raise ConfigError("fmt", f"got {fmt!r}", f"use one of {EXPERT_FORMATS}")
+    err2: dict[str, float] = {}
+    ref2: dict[str, float] = {}
+    for _, mlp in expert_modules(model):
+        old = mlp.experts
+        if not isinstance(old, OssExperts):
+            raise ConfigError("experts", "merge_expert_lora needs ossgym's OssExperts", "call convert_experts first")
+        dtype = old.gate_up_proj_bias.dtype
+        new = OssExperts(model.config, fmt, device=old.gate_up_proj_bias.device, dtype=dtype)
+        factors = old.lora_factors()
+        for name in PROJECTIONS:
+            weight = old.expert_weight(name)
+            for e in range(old.num_experts):
+                dense = weight.dense(torch.float32, expert=e) if isinstance(weight, Mxfp4) else weight[e].float()
+                if name in factors:
+                    f = factors[name]
+                    dense = dense + f.scaling * (f.a[e].float() @ f.b[e].float())
+                if fmt == "mxfp4":
+                    blocks, scales = quantize_mxfp4(dense.T)
+                    getattr(new, f"{name}_blocks")[e].copy_(blocks)
+                    getattr(new, f"{name}_scales")[e].copy_(scales)
+                    back = dequantize_mxfp4(blocks, scales, torch.float32).T
+                    err2[name] = err2.get(name, 0.0) + float((back - dense).pow(2).sum())
+                else:
+                    getattr(new, name)[e].copy_(dense)
+                ref2[name] = ref2.get(name, 0.0) + float(dense.pow(2).sum())
+            getattr(new, f"{name}_bias").copy_(getattr(old, f"{name}_bias"))
+        mlp.experts = new
+    return {name: math.sqrt(err2.get(name, 0.0) / ref2[name]) if ref2.get(name) else 0.0 for name in ref2}
+
+
+def to_hf_experts(model: nn.Module) -> nn.Module:
+    """Replace OssExperts (dense or MXFP4, LoRA merged first if any) by stock GptOssExperts holding dense
+    weights, so `model.save_pretrained` writes a plain bf16 checkpoint any transformers loads."""
+    from transformers.models.gpt_oss.modeling_gpt_oss import GptOssExperts
+
+    if any(mlp.experts.lora_scaling for _, mlp in expert_modules(model) if isinstance(mlp.experts, OssExperts)):
+        merge_expert_lora(model, "bf16")
+    for _, mlp in expert_modules(model):
+        own = mlp.experts
+        if not isinstance(own, OssExperts):
+            continue
+        with torch.device("meta"):
+            hf = GptOssExperts(model.config)
+        dtype = own.gate_up_proj_bias.dtype
+        for name in PROJECTIONS:
+            weight = own.expert_weight(name)
+            dense = weight.dense(dtype) if isinstance(weight, Mxfp4) else weight.data
+            setattr(hf, name, nn.Parameter(dense, requires_grad=False))
+            setattr(hf, f"{name}_bias", nn.Parameter(getattr(own, f"{name}_bias").data, requires_grad=False))
+        mlp.experts = hf
+    return model
+
+
 # ------------------------------------------------------------------------------------ checkpoint I/O
 def save_mxfp4(model: nn.Module, directory: str | Path, max_shard_bytes: int = 4 << 30) -> Path:
     """Write `model` (GptOssForCausalLM with GptOssExperts or OssExperts) in the official MXFP4 layout:
@@ -378,5 +439,6 @@ def weight_bytes(model: nn.Module) -> int:
 
 __all__ = [
     "OssExperts", "add_expert_lora", "convert_experts", "expert_lora_state_dict", "is_mxfp4_checkpoint",
-    "load_expert_lora_state_dict", "load_gptoss", "save_expert_lora", "save_mxfp4", "weight_bytes",
+    "load_expert_lora_state_dict", "load_gptoss", "merge_expert_lora", "save_expert_lora", "save_mxfp4",
+    "to_hf_experts", "weight_bytes",
 ]
