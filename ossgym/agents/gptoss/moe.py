@@ -78,8 +78,17 @@ def moe_tensors(
 ) -> torch.Tensor:
     """One layer's MoE on tokens x [N, H] from its tensors alone (so one compiled version serves every layer)."""
     weights, index = route(x, router_weight, router_bias, top_k)
+    if not use_grouped(x) and gate_up_lora is None and down_lora is None and isinstance(gate_up, torch.Tensor) \
+            and isinstance(down, torch.Tensor):
+        return experts_loop(x, weights, index, gate_up, gate_up_bias, down, down_bias, alpha, limit)
     return experts_forward(x, weights, index, gate_up, gate_up_bias, down, down_bias, alpha, limit,
                            gate_up_lora, down_lora)
+
+
+def use_grouped(x: torch.Tensor) -> bool:
+    """Whether dense experts without LoRA take the grouped path (always on CUDA; benchmarks patch this to
+    compare with the plain loop). MXFP4 weights and LoRA factors always go through the weights seam."""
+    return x.is_cuda
 
 
 def expert_tensors(experts: nn.Module) -> tuple[nn.Module, dict[str, tuple[LoraFactors, ...]]]:
