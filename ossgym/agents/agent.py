@@ -166,12 +166,36 @@ class GptOssAgent:
     def from_pretrained(cls, path_or_id: str, dtype: torch.dtype = torch.bfloat16, device: str | None = None,
                         use_fast_engine: bool = True, adapter: str | None = None,
                         tokenizer: "PreTrainedTokenizerBase | str | None" = None,
-                        config: AgentConfig | None = None, **model_kwargs: Any) -> "GptOssAgent":
-        """Load gpt-oss from a local folder or hub id (MXFP4 checkpoints dequantised to `dtype`), optionally a peft
-        adapter; the tokenizer defaults to the offline-built gpt-oss one."""
+                        config: AgentConfig | None = None, experts: str | None = None,
+                        **model_kwargs: Any) -> "GptOssAgent":
+        """Load gpt-oss from a local folder or hub id, optionally a peft adapter; the tokenizer defaults to the
+        offline-built gpt-oss one.
+
+        `experts`: "mxfp4" keeps the experts MXFP4 in memory (the default for an MXFP4 checkpoint in a local
+        folder; a bf16 checkpoint is quantized at load), "bf16" holds them dense in `dtype`; both stream the
+        safetensors through ossgym's loader. None on a bf16 checkpoint: transformers' own loader, as before.
+        """
+        from pathlib import Path
+
         from transformers import AutoConfig, AutoModelForCausalLM
 
+        from ossgym.agents.gptoss.mxfp4 import EXPERT_FORMATS, is_mxfp4_checkpoint, load_gptoss
+
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if experts is not None and experts not in EXPERT_FORMATS:
+            raise ConfigError("experts", f"got {experts!r}", f"use one of {EXPERT_FORMATS} or None")
+        local = Path(path_or_id).is_dir()
+        if experts is None and local and is_mxfp4_checkpoint(path_or_id):
+            experts = "mxfp4"
+        if experts is not None:
+            if not local:
+                raise ConfigError("experts", f"{experts!r} needs a local checkpoint folder, got {path_or_id!r}",
+                                  "download the checkpoint first (huggingface-cli download ...)")
+            if model_kwargs:
+                raise ConfigError("model_kwargs", f"{sorted(model_kwargs)} are transformers loader options",
+                                  "pass experts=None to load through transformers")
+            model = load_gptoss(path_or_id, device=device, dtype=dtype, experts=experts)
+            return cls._finish_loading(model, adapter, tokenizer, config, use_fast_engine)
         hf_config = AutoConfig.from_pretrained(path_or_id)
         if getattr(hf_config, "model_type", None) != "gpt_oss":
             raise ModelError(f"{path_or_id} is a {getattr(hf_config, 'model_type', '?')!r} model, not gpt_oss; "
@@ -185,6 +209,11 @@ class GptOssAgent:
             kwargs["quantization_config"] = Mxfp4Config(dequantize=True)
         kwargs.update(model_kwargs)
         model = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
+        return cls._finish_loading(model, adapter, tokenizer, config, use_fast_engine)
+
+    @classmethod
+    def _finish_loading(cls, model: torch.nn.Module, adapter: str | None, tokenizer: Any,
+                        config: AgentConfig | None, use_fast_engine: bool) -> "GptOssAgent":
         if adapter is not None:
             from peft import PeftModel
 

@@ -1,23 +1,76 @@
-"""peft in one place: telling a peft-wrapped model from a plain one and reaching the model inside.
+"""peft unwrapping in one place: the base model inside a PeftModel, and expert LoRA factors inside peft's
+``target_parameters`` wrappers (ParamWrapper), read as split factors (no dense delta is formed).
 
-The agent, the fast engine, the GRPO run and the warm start all need the Hugging Face model under a
-``peft.PeftModel`` (its LoRA layers stay in place inside it); they call :func:`base_model` instead of each
-testing ``hasattr(model, "get_base_model")`` on its own. peft itself is not imported here.
+Duck-typed (peft is not imported here), so code that never uses peft does not pay for importing it.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import torch
+if TYPE_CHECKING:  # torch stays unimported until a function runs (ossgym.agents imports this module)
+    from torch import nn
+
+    from ossgym.agents.gptoss.weights import LoraFactors
 
 
-def is_peft(model: "torch.nn.Module") -> bool:
+def is_peft(model: "nn.Module") -> bool:
     """True when ``model`` is a peft ``PeftModel`` (any subclass, e.g. ``PeftModelForCausalLM``)."""
     return any(cls.__name__ == "PeftModel" for cls in type(model).__mro__)
 
 
-def base_model(model: "torch.nn.Module") -> "torch.nn.Module":
-    """The model inside a peft ``PeftModel`` (LoRA layers injected, unmerged), or ``model`` itself."""
+def base_model(model: "nn.Module") -> "nn.Module":
+    """The transformers model inside a PeftModel (its LoRA layers stay in place, unmerged), or the model itself."""
     return model.get_base_model() if is_peft(model) else model
+
+
+def is_param_wrapper(module: "nn.Module") -> bool:
+    """Whether `module` is peft's ParamWrapper (a LoRA on a parameter, as ``target_parameters`` makes)."""
+    return hasattr(module, "parameter_name") and hasattr(module, "base_layer") and hasattr(module, "lora_A")
+
+
+def param_wrapper_factors(wrapper: "nn.Module") -> "list[LoraFactors]":
+    """The active adapters of one ParamWrapper as split factors: for a 3-D parameter W [E, in, out], peft's
+    delta[e] = scaling * A[e] @ B[e] with A[e] = lora_A.view(E, r, in)[e].T and B[e] = lora_B.view(out, r, E)[..., e].T.
+    None when adapters are disabled or merged."""
+    from ossgym.agents.gptoss.weights import LoraFactors
+
+    if wrapper.disable_adapters or wrapper.merged:
+        return []
+    out = []
+    num_experts = int(getattr(wrapper, "num_experts", 1))
+    for adapter in wrapper.active_adapters:
+        if adapter not in wrapper.lora_A:
+            continue
+        weight_a = wrapper.lora_A[adapter].weight  # [E * r, in]
+        weight_b = wrapper.lora_B[adapter].weight  # [out, r * E]
+        rank = weight_a.shape[0] // num_experts
+        a = weight_a.view(num_experts, rank, weight_a.shape[-1]).transpose(1, 2)  # [E, in, r]
+        b = weight_b.view(weight_b.shape[0], rank, num_experts).permute(2, 1, 0)  # [E, r, out]
+        out.append(LoraFactors(a.contiguous(), b.contiguous(), float(wrapper.scaling[adapter])))
+    return out
+
+
+def unwrap_param_wrappers(module: "nn.Module") -> "tuple[nn.Module, dict[str, tuple[LoraFactors, ...]]]":
+    """(the module inside peft's nested ParamWrappers, {parameter name: its active LoRA factors})."""
+    factors: dict = {}
+    while is_param_wrapper(module):
+        found = param_wrapper_factors(module)
+        if found:
+            factors[module.parameter_name] = factors.get(module.parameter_name, ()) + tuple(found)
+        module = module.base_layer
+    return module, factors
+
+
+class _DropCpuKernelWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward")
+
+
+def silence_bitsandbytes_cpu_warning() -> None:
+    """bitsandbytes logs a warning at import (on CPUs with AVX512-BF16) that its optional CPU 4-bit kernel
+    package is missing; ossgym never runs 4-bit products on the CPU, so that one message is dropped."""
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    if not any(isinstance(f, _DropCpuKernelWarning) for f in logger.filters):
+        logger.addFilter(_DropCpuKernelWarning())

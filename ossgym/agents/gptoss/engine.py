@@ -28,6 +28,7 @@ from ossgym.agents.gptoss.attention import (
 from ossgym.agents.gptoss.cache import KVCache
 from ossgym.agents.gptoss.moe import moe_args, moe_tensors
 from ossgym.agents.gptoss.sampling import sample
+from ossgym.agents.peft_utils import base_model
 from ossgym.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,7 @@ def decode_attention(
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The GptOssForCausalLM inside a peft PeftModel (its LoRA layers stay in place), or the model itself."""
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
+    model = base_model(model)
     if not (hasattr(model, "model") and hasattr(model, "lm_head") and hasattr(model.model, "layers")):
         raise ConfigError("model", f"{type(model).__name__} is not a gpt-oss causal LM", "pass a GptOssForCausalLM")
     return model

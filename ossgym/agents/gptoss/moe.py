@@ -1,8 +1,9 @@
 """gpt-oss mixture of experts: top-k router and clamped SwiGLU exactly as Hugging Face's GptOss defines them.
 
-The expert parameters are read from the HF module on every call (no copy). On CUDA the experts run as two
-grouped matrix products (torch._grouped_mm) over the token-expert pairs sorted by expert, so only the routed
-experts' weights are read; elsewhere a plain loop over the routed experts.
+The expert weights are read from the model on every call (no copy) and multiplied only through the weights
+seam (weights.py): dense bf16 or MXFP4, with split expert LoRA (peft ``target_parameters`` adapters or
+ossgym's own) applied to the routed tokens alone, never as a dense delta. `experts_loop` is the plain
+reference (dense weights, any device).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_grouped_mm = getattr(torch, "_grouped_mm", None) or getattr(F, "grouped_mm", None)
+from ossgym.agents.gptoss.weights import ExpertWeight, LoraFactors, clamped_swiglu, experts_forward  # noqa: F401
+from ossgym.agents.peft_utils import unwrap_param_wrappers
 
 
 def route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -19,14 +21,6 @@ def route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, top_k: int)
     logits = F.linear(x, weight, bias)
     top_values, top_index = torch.topk(logits, top_k, dim=-1)
     return torch.softmax(top_values, dim=-1, dtype=top_values.dtype), top_index
-
-
-def clamped_swiglu(gate_up: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:
-    """gpt-oss activation: interleaved gate/up, gate clamped above, up clamped both sides, (up + 1) * gate * sigmoid(alpha * gate)."""
-    gate, up = gate_up[..., ::2], gate_up[..., 1::2]
-    gate = gate.clamp(max=limit)
-    up = up.clamp(min=-limit, max=limit)
-    return (up + 1) * (gate * torch.sigmoid(gate * alpha))
 
 
 def experts_loop(
@@ -54,33 +48,18 @@ def experts_grouped(
     x: torch.Tensor,
     weights: torch.Tensor,
     index: torch.Tensor,
-    gate_up: torch.Tensor,
+    gate_up: ExpertWeight,
     gate_up_bias: torch.Tensor,
-    down: torch.Tensor,
+    down: ExpertWeight,
     down_bias: torch.Tensor,
     alpha: float,
     limit: float,
+    gate_up_lora: tuple[LoraFactors, ...] | None = None,
+    down_lora: tuple[LoraFactors, ...] | None = None,
 ) -> torch.Tensor:
-    """Experts as two grouped matmuls over the token-expert pairs sorted by expert (no host sync, graph-safe)."""
-    num_experts = gate_up.shape[0]
-    top_k = index.shape[1]
-    flat = index.reshape(-1)
-    order = torch.argsort(flat, stable=True)
-    expert_sorted = flat[order]
-    token = order // top_k
-    counts = (expert_sorted[:, None] == torch.arange(num_experts, device=x.device)).sum(0)
-    offs = torch.cumsum(counts, 0, dtype=torch.int32)
-    h = _grouped_mm(x[token], gate_up, offs=offs) + gate_up_bias[expert_sorted]
-    h = clamped_swiglu(h, alpha, limit).contiguous()
-    y = _grouped_mm(h, down, offs=offs) + down_bias[expert_sorted]
-    y = y.float() * weights.reshape(-1)[order, None].float()
-    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device).index_add_(0, token, y)
-    return out.to(x.dtype)
-
-
-def use_grouped(x: torch.Tensor) -> bool:
-    """Whether the grouped-matmul path applies (CUDA, bf16, grouped_mm present)."""
-    return _grouped_mm is not None and x.is_cuda and x.dtype == torch.bfloat16
+    """Experts as two grouped matmuls over the token-expert pairs sorted by expert (the weights seam)."""
+    return experts_forward(x, weights, index, gate_up, gate_up_bias, down, down_bias, alpha, limit,
+                           gate_up_lora, down_lora)
 
 
 def moe_tensors(
@@ -88,56 +67,62 @@ def moe_tensors(
     router_weight: torch.Tensor,
     router_bias: torch.Tensor,
     top_k: int,
-    gate_up: torch.Tensor,
+    gate_up: ExpertWeight,
     gate_up_bias: torch.Tensor,
-    down: torch.Tensor,
+    down: ExpertWeight,
     down_bias: torch.Tensor,
     alpha: float,
     limit: float,
+    gate_up_lora: tuple[LoraFactors, ...] | None = None,
+    down_lora: tuple[LoraFactors, ...] | None = None,
 ) -> torch.Tensor:
     """One layer's MoE on tokens x [N, H] from its tensors alone (so one compiled version serves every layer)."""
     weights, index = route(x, router_weight, router_bias, top_k)
-    experts = experts_grouped if use_grouped(x) else experts_loop
-    return experts(x, weights, index, gate_up, gate_up_bias, down, down_bias, alpha, limit)
+    if not use_grouped(x) and gate_up_lora is None and down_lora is None and isinstance(gate_up, torch.Tensor) \
+            and isinstance(down, torch.Tensor):
+        return experts_loop(x, weights, index, gate_up, gate_up_bias, down, down_bias, alpha, limit)
+    return experts_forward(x, weights, index, gate_up, gate_up_bias, down, down_bias, alpha, limit,
+                           gate_up_lora, down_lora)
 
 
-def expert_tensors(experts: nn.Module) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """(the GptOssExperts module, {parameter name: its LoRA delta}) through peft's ``target_parameters`` wrappers.
+def use_grouped(x: torch.Tensor) -> bool:
+    """Whether dense experts without LoRA take the grouped path (always on CUDA; benchmarks patch this to
+    compare with the plain loop). MXFP4 weights and LoRA factors always go through the weights seam."""
+    return x.is_cuda
 
-    peft wraps ``mlp.experts`` in one ParamWrapper per targeted parameter (nested); reading the parameter from
-    the experts module gives the base weight only, so the active adapters' deltas are added here, as the
-    peft forward does (none when adapters are disabled or merged).
-    """
-    deltas: dict[str, torch.Tensor] = {}
-    while hasattr(experts, "parameter_name") and hasattr(experts, "base_layer"):  # a peft ParamWrapper
-        if not experts.disable_adapters and not experts.merged:
-            for adapter in experts.active_adapters:
-                if adapter in experts.lora_A:
-                    delta = experts.get_delta_weight(adapter)
-                    name = experts.parameter_name
-                    deltas[name] = deltas[name] + delta if name in deltas else delta
-        experts = experts.base_layer
-    return experts, deltas
+
+def expert_tensors(experts: nn.Module) -> tuple[nn.Module, dict[str, tuple[LoraFactors, ...]]]:
+    """(the experts module, {parameter name: its active LoRA factors}) through peft's ``target_parameters``
+    wrappers or ossgym's split-LoRA experts (`OssExperts`). Factors only: no delta is formed."""
+    experts, factors = unwrap_param_wrappers(experts)
+    own = getattr(experts, "lora_factors", None)
+    if callable(own):
+        for name, f in own().items():
+            factors[name] = factors.get(name, ()) + (f,)
+    return experts, factors
+
+
+def expert_weight(experts: nn.Module, name: str) -> ExpertWeight:
+    """An experts module's weight through the seam: Mxfp4 for ossgym's MXFP4 experts, else the dense parameter."""
+    getter = getattr(experts, "expert_weight", None)
+    return getter(name) if callable(getter) else getattr(experts, name)
 
 
 def moe_args(mlp: nn.Module) -> tuple:
     """The arguments of `moe_tensors` after x, read from an HF GptOssMLP now (no copy, so updates are seen);
-    expert LoRA adapters (peft ``target_parameters``) are applied."""
+    expert LoRA adapters (peft ``target_parameters`` or ossgym's split LoRA) are passed as factors."""
     router = mlp.router
-    experts, deltas = expert_tensors(mlp.experts)
-
-    def weight(name: str) -> torch.Tensor:
-        param = getattr(experts, name)
-        return param + deltas[name] if name in deltas else param
-
+    experts, factors = expert_tensors(mlp.experts)
     return (
         router.weight,
         router.bias,
         int(router.top_k),
-        weight("gate_up_proj"),
-        weight("gate_up_proj_bias"),
-        weight("down_proj"),
-        weight("down_proj_bias"),
+        expert_weight(experts, "gate_up_proj"),
+        experts.gate_up_proj_bias,
+        expert_weight(experts, "down_proj"),
+        experts.down_proj_bias,
         float(getattr(experts, "alpha", 1.702)),
         float(getattr(experts, "limit", 7.0)),
+        factors.get("gate_up_proj") or None,
+        factors.get("down_proj") or None,
     )
