@@ -36,6 +36,46 @@ def _train(output_dir: str) -> None:
                            max_prompt_length=256, max_completion_length=24, max_seq_len=512, learning_rate=5e-3,
                            gradient_checkpointing=False, num_dataset_rows=8, output_dir=output_dir, seed=0)
     run_training(config, agent=agent, prompt_fn=lambda seed: PROMPT, export_merged=False, progress=False)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _fsdp_check(Path(output_dir) / "fsdp.json")
+
+
+def _fsdp_check(path: Path) -> None:
+    """FSDP2 over the tiny peft model (one unit per decoder layer, gloo): same loss and LoRA gradients as
+    one process computing the mean loss over both ranks' batches, with the weights really sharded."""
+    import torch
+    import torch.distributed as dist
+    from peft import LoraConfig, get_peft_model
+
+    from ossgym.agents.agent import GptOssAgent
+    from ossgym.training.distributed import fsdp_wrap
+
+    torch.manual_seed(1)
+    model = get_peft_model(GptOssAgent.tiny().model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                                init_lora_weights=False))
+    batches = torch.randint(0, 1000, (2, 2, 12), generator=torch.Generator().manual_seed(2))  # one per rank
+    full = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ref_loss = sum(model(batches[r]).logits.float().pow(2).mean() for r in range(2)) / 2
+    ref_loss.backward()
+    ref_grad = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    fsdp_wrap(model)
+    rank = dist.get_rank()
+    local = {n: p.to_local().numel() for n, p in model.named_parameters()}
+    loss = model(batches[rank]).logits.float().pow(2).mean()
+    loss.backward()  # FSDP reduce-scatters the gradient averaged over ranks
+    grads = {n: p.grad.full_tensor() for n, p in model.named_parameters() if p.requires_grad}
+    losses = [torch.zeros(1) for _ in range(2)]
+    dist.all_gather(losses, loss.detach().reshape(1))
+    weights = max(float((p.full_tensor() - full[n]).abs().max()) for n, p in model.named_parameters())
+    if rank == 0:
+        path.write_text(json.dumps({
+            "loss_diff": abs(float(sum(losses) / 2) - float(ref_loss)),
+            "grad_diff": max(float((grads[n] - ref_grad[n]).abs().max()) for n in ref_grad),
+            "grad_scale": max(float(g.abs().max()) for g in ref_grad.values()),
+            "weight_diff": weights,
+            "sharded": sum(local.values()) < sum(t.numel() for t in full.values()),
+        }))
 
 
 def _launch(args: list[str], out: Path, **env: str) -> None:
@@ -69,6 +109,10 @@ def test_two_gloo_ranks_match_one_process_with_the_same_total_batch(tmp_path):
     assert [s["step"] for s in sync] == list(range(1, STEPS + 1))
     assert all(s["world_size"] == 2 and s["max_abs_diff"] == 0.0 for s in sync), sync
     assert not (two / "rank1").exists() and len(list(two.glob("log*.jsonl"))) == 1
+
+    fsdp = json.loads((two / "fsdp.json").read_text())
+    assert fsdp["sharded"] and fsdp["weight_diff"] == 0.0 and fsdp["loss_diff"] < 1e-6, fsdp
+    assert fsdp["grad_diff"] <= 1e-5 * fsdp["grad_scale"], fsdp
 
     a, b = (load_file(d / "adapter" / "adapter_model.safetensors") for d in (two, one))
     assert a.keys() == b.keys() and a

@@ -258,21 +258,29 @@ def _decoder_layers(model: "torch.nn.Module") -> list:
     return list(layers)
 
 
-def fsdp_wrap(model: "torch.nn.Module", device: "torch.device | None" = None) -> "torch.nn.Module":
-    """Wrap ``model`` in FSDP (FULL_SHARD, one unit per decoder layer); the process group must be initialised."""
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    from torch.distributed.fsdp import ShardingStrategy
+def fsdp_wrap(model: "torch.nn.Module", device_type: str | None = None) -> "torch.nn.Module":
+    """Shard ``model`` with FSDP2 (``fully_shard``): each decoder layer one unit, then the root (in place).
 
-    kwargs: dict[str, Any] = {}
-    if device is not None and device.type == "cuda":
-        kwargs["device_id"] = device
-    return FSDP(model, auto_wrap_policy=fsdp_wrap_policy(model), sharding_strategy=ShardingStrategy.FULL_SHARD,
-                use_orig_params=True, **kwargs)
+    The process group must be initialised; ``device_type`` (default: cuda when available, else cpu, which
+    FSDP2 supports over gloo, as the CPU test uses) names the device mesh. Parameters become DTensors
+    sharded on dim 0 across ranks; each layer's are all-gathered for its forward and backward only.
+    """
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
+    for layer in _decoder_layers(model):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
 
 
 def accelerate_fsdp_config(model: "torch.nn.Module") -> dict[str, Any]:
     """The ``GRPOConfig(fsdp=..., fsdp_config=...)`` fields for the same wrapping through accelerate."""
     names = sorted({type(layer).__name__ for layer in _decoder_layers(model)})
     return {"fsdp": "full_shard auto_wrap",
-            "fsdp_config": {"transformer_layer_cls_to_wrap": names, "use_orig_params": True,
-                            "activation_checkpointing": True, "sync_module_states": True}}
+            "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": names, "reshard_after_forward": True,
+                            "activation_checkpointing": True, "cpu_ram_efficient_loading": True}}
