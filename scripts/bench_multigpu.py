@@ -223,7 +223,8 @@ def main() -> int:
         results["table"] = rows
         print(f"data-parallel GRPO, {'tiny (CPU)' if args.tiny else 'gpt-oss-20b random bf16'}; {args.per_gpu} "
               f"completions/GPU x {args.completion} tokens (weak scaling)")
-        print("| GPUs | step s | steps/s | tokens/s | generation s | scaling eff. | peak GiB |\n|---|---|---|---|---|---|---|")
+        print("| GPUs | step s | steps/s | tokens/s | generation s | scaling eff. | peak GiB |")
+        print("|---|---|---|---|---|---|---|")
         for r in rows:
             eff = "-" if r["scaling_efficiency"] is None else f"{r['scaling_efficiency']:.2f}"
             mem = "-" if r["peak_gpu_memory_gib"] is None else f"{r['peak_gpu_memory_gib']:.1f}"

@@ -20,8 +20,29 @@ train ...``) runs N copies of :func:`ossgym.training.run.run_training`. What eac
 - **Outputs.** ``log.jsonl``, the plot, the report and the exports are written by the main process only
   (:func:`main_only`); TRL's logged metrics are already averaged over ranks.
 
-Models that do not fit one GPU (gpt-oss-120b): see :func:`fsdp_wrap_policy` and docs in
-``scripts/bench_multigpu.py``.
+Launchers: ``torchrun`` works on CPU (gloo, what the test uses) and GPU (nccl). ``accelerate launch
+--num_processes N`` on GPUs starts the ranks through torchrun (WORLD_SIZE/RANK set: the same code path);
+``accelerate launch --cpu`` starts ONE process whatever ``--num_processes`` says (checked with accelerate's
+1.x launcher), so on CPU use torchrun.
+
+Models that do not fit one GPU (gpt-oss-120b, ~117B parameters; ~63 GB in MXFP4, ~234 GB in bf16). Plan:
+
+1. *Training forward/backward*: FSDP2 (:func:`fsdp_wrap`, one unit per decoder layer, tested on CPU/gloo
+   against one process) or accelerate's ``fsdp_version: 2`` (:func:`accelerate_fsdp_config`); each layer's
+   weights are all-gathered for its forward and backward only, LoRA gradients reduce-scattered. On 4-8 H200
+   bf16 120b fits sharded (~60/30 GB per GPU) with activation checkpointing.
+2. *Generation* (not built yet): the fast engine calls the HF projection modules directly, so FSDP2's
+   layer hooks do not fire. Either (a) the engine calls ``layer.unshard()`` before a layer and
+   ``layer.reshard()`` after (a prefetch of layer i+1 overlaps the gather; decode cost = one all-gather of
+   the model per generated token batch, acceptable only with large batches), or (b) better for MoE:
+   expert parallelism over the MXFP4 experts (each rank keeps 128/N experts of every layer resident, the
+   attention and router replicated; tokens are all-to-all dispatched to the rank of their top-4 experts),
+   which needs no per-token weight gather and keeps 120b MXFP4 at ~16 GB per GPU on 4 GPUs.
+3. *Export*: gather the LoRA weights (small) to rank 0 (``get_model_state_dict`` with full_state_dict) and
+   save the adapter there; the merged export is done offline from the adapter.
+
+``scripts/bench_multigpu.py`` measures data-parallel scaling for 20b and one FSDP2 training step of the 120b
+shape (not run: no multi-GPU machine was lent when it was written).
 """
 
 from __future__ import annotations

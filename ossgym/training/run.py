@@ -180,7 +180,8 @@ def run_training(
             train_dataset=dataset,
             processing_class=agent.tokenizer,
             peft_config=config.lora_config(),
-            rollout_func=distributed.shard_rollout(make_rollout_func(generate, max_prompt_length=config.max_prompt_length)),
+            rollout_func=distributed.shard_rollout(  # samples independent of which rank draws them
+                make_rollout_func(generate, max_prompt_length=config.max_prompt_length)),
             callbacks=[callback, *distributed.callbacks(output_dir), *callbacks],
         )
         if generate is None:
