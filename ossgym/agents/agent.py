@@ -83,6 +83,19 @@ class Generation:
     sample_index: int  # which of its num_samples
 
 
+def _own_unaligned_cpu_weights(model: torch.nn.Module) -> None:
+    """Copy CPU weights that sit at unaligned addresses into ordinary tensors (in place, ties kept).
+
+    transformers 5.2x loads CPU weights as zero-copy views of the mmapped safetensors file, at whatever byte offset
+    the file gives them; the CPU BLAS takes another path on data that is not 64-byte aligned, so one-row products
+    (the decode step's `logits_to_keep=1`) differ in the last bits from the same weights held in memory.
+    """
+    with torch.no_grad():
+        for tensor in (*model.parameters(), *model.buffers()):
+            if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
+                tensor.data = tensor.data.clone()
+
+
 @functools.lru_cache(maxsize=None)
 def _cache_kwarg(model_class: type) -> str:
     """The name of the KV-cache argument (`cache` from transformers 5.2x, `past_key_values` before)."""
@@ -219,6 +232,7 @@ class GptOssAgent:
 
             model = PeftModel.from_pretrained(model, adapter)
         model.eval()
+        _own_unaligned_cpu_weights(model)
         if isinstance(tokenizer, str):
             from transformers import AutoTokenizer
 
