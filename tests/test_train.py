@@ -190,7 +190,7 @@ def test_grpo_learns_which_strategy_block_pays(tmp_path):
     prompt = [{"role": "user", "content": "Write strategy(board) for 2048."}]  # short: keeps the CPU run small
     supervised_warm_start(agent, [prompt], STRATEGY_2048_COMPLETIONS)
     config = GRPORunConfig(env_id="GptOss2048-v0", env_kwargs=LOAD_PROOF_OPTIONS, steps=8, group_size=8,
-                           max_prompt_length=256, max_completion_length=32, max_seq_len=512, learning_rate=5e-3,
+                           max_prompt_length=256, max_completion_length=32, max_seq_len=512, learning_rate=1e-3,
                            gradient_checkpointing=False, num_dataset_rows=32, output_dir=str(tmp_path), seed=0)
     result = run_training(config, agent=agent, prompt_fn=lambda seed: prompt, export_merged=False, progress=False)
     rewards = [r["reward"] for r in result.records]
