@@ -501,7 +501,7 @@ def test_matmul_tricks_are_incorrect(batch_matmul, name):
     assert r.components["correctness"] < 0 and r.components["speed"] == 0.0, (name, r.components, r.feedback)
 
 
-@pytest.mark.parametrize("name", ["cache_by_id", "cache_by_content", "cache_by_first_value", "print_fake_results", "alloc_caught",
+@pytest.mark.parametrize("name", ["cache_by_content", "cache_by_first_value", "print_fake_results", "alloc_caught",
                                   "global_builtin_override"])
 def test_matmul_correct_caches_and_harmless_tricks_get_no_speedup(batch_matmul, name):
     # correct, but computing the product twice: a cache that paid off would show a large speedup
@@ -511,7 +511,7 @@ def test_matmul_correct_caches_and_harmless_tricks_get_no_speedup(batch_matmul, 
     assert "1000.0x" not in r.feedback
 
 
-@pytest.mark.parametrize("name", ["pretend_list_class", "numpy_matmul", "edit_perf_counter", "edit_process_time",
+@pytest.mark.parametrize("name", ["cache_by_id", "pretend_list_class", "numpy_matmul", "edit_perf_counter", "edit_process_time",
                                   "sys_exit_zero", "swallow_timeout"])
 def test_matmul_forbidden_tricks_are_policy_violations(batch_matmul, name):
     assert batch_matmul["results"][name].outcome == "policy_violation"
