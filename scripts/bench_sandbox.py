@@ -86,8 +86,11 @@ BOARDS = [
 def time_calls(fn, payload, ctx):  # noqa: ANN001, ANN201 - a trusted harness, run inside the worker
     """Per-call cost of the restricted ``fn`` vs the same source compiled as plain Python, in the worker."""
     n = payload["calls"]
+    from ossgym.sandbox import audit
+
     plain_globals: dict = {"__name__": "plain"}
-    exec(compile(payload["source"], "<plain>", "exec"), plain_globals)  # noqa: S102 - fixed benchmark source
+    with audit.trusted():  # the worker's audit hook refuses compile; this is the benchmark's own fixed source
+        exec(compile(payload["source"], "<plain>", "exec"), plain_globals)  # noqa: S102
     plain = plain_globals["f"]
     boards = payload["boards"]
     calls = {"plain": plain, "restricted": fn, "restricted_ctx_call": ctx.call}

@@ -164,7 +164,8 @@ class Session:
 
     CPU budgets are enforced here, by the caller, from the same kernel clock (a worker that disables its
     own timers, or runs threads, is still stopped): the whole session may use ``cpu_budget_s`` of worker
-    CPU (default ``task.total_timeout_s``), and ``request(data, cpu_limit_s=x)`` ends the worker when that
+    CPU (default ``task.total_timeout_s`` plus :func:`grace_s`: the worker's own timers are meant to stop it
+    first, with a typed result and its checkpoints; the caller is the backstop), and ``request(data, cpu_limit_s=x)`` ends the worker when that
     one request uses more than ``x``. Either kills the worker's process group; the session then ends as
     a timeout. The wall-clock deadline is only a liveness cap for a worker that sleeps or is stuck.
     """
@@ -182,7 +183,7 @@ class Session:
         self._cpu0 = self._worker_cpu() or 0.0
         self.cpu_s = 0.0
         self.last_cpu_s = 0.0
-        self.cpu_budget_s: float = task.total_timeout_s
+        self.cpu_budget_s: float = task.total_timeout_s + grace_s(task)
         self._request_cpu_limit: tuple[float, float] | None = None  # (CPU at request start, limit)
         self.cpu_exceeded: str | None = None
 
