@@ -198,11 +198,13 @@ def test_matmul_attacks_earn_no_more_than_the_honest_reference(pool):
     for name in ("forge_and_heap", "heap", "lie_about_time"):
         r = results[name]
         # each computes the naive product: no more than the honest naive reference earns, up to the speed
-        # measurement's noise (log2 0.5 = a factor 1.4, over 10 standard deviations of the measured spread)
-        assert r.reward <= naive.reward + 0.5, (name, r.reward, naive.reward, r.feedback)
+        # measurement's noise. Margin 1.0 = a factor 2 in speed: under two CPU burners one measurement's
+        # spread is about 0.3 in log2 (BENCHMARKS.md), so two independent ones differ by more than 1.0 in
+        # under 1 run in 1000; a forged or lied time would reach the speed cap (+4.0, a factor 16).
+        assert r.reward <= naive.reward + 1.0, (name, r.reward, naive.reward, r.feedback)
         # (in this mode every completion runs unrestricted, so an honest naive one measures above 1x against
         # the trusted, restricted baseline too: compare with it, not with 1x)
-        assert r.components["speed"] <= naive.components["speed"] + 0.5, (name, r.feedback, naive.feedback)
+        assert r.components["speed"] <= naive.components["speed"] + 1.0, (name, r.feedback, naive.feedback)
     assert results["heap"].details["correct"]  # no driver or expected output in the worker's heap
     # a forged frame is at most a (wrong) reply or a dead worker: never a correct, timed product
     assert not results["forge_and_heap"].details["correct"]
@@ -224,8 +226,6 @@ def test_same_completion_and_seed_same_reward_in_another_pool_and_under_load():
     """Invariant 6 through the real sandbox: two pools, one of them busy with other work, same rewards."""
     from ossgym.sandbox import SandboxPool
 
-    if not hasattr(SandboxPool, "run_batch"):
-        pytest.skip("the sandbox's caller-driven Session API is not on this branch yet")
     task = Strategy2048Task(Strategy2048Config(num_games=2))
     completions = [as_completion(REFERENCES_2048[n]) for n in ("random", "greedy_merge", "corner")]
     with SandboxPool(1) as a, SandboxPool(2) as b:

@@ -161,6 +161,67 @@ class _Prepare(ast.NodeTransformer):
         return ast.copy_location(ast.Assign([node.target], node.value), node)
 
 
+SCRUB_NAME = "_scrub_"
+TEXT_NAME = "_text_"
+_CONVERSIONS = frozenset({"str", "repr", "ascii", "format"})
+
+
+class _AddressFreeText(ast.NodeTransformer):
+    """After RestrictedPython's checks: every text conversion the code writes goes through a guard that
+    removes object addresses (`` at 0x7f...`` in the default reprs of functions, ``object()``, iterators):
+    ``str(x)``/``repr(x)``/``ascii(x)``/``format(x)`` calls, f-string fields and ``%``-formatting of a
+    literal. So no address ever becomes a value the code can compute with."""
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.func, ast.Name) and node.func.id in _CONVERSIONS:
+            return ast.copy_location(ast.Call(ast.Name(SCRUB_NAME, ast.Load()), [node], []), node)
+        return node
+
+    def visit_FormattedValue(self, node: ast.FormattedValue) -> ast.AST:
+        self.generic_visit(node)
+        node.value = ast.copy_location(
+            ast.Call(ast.Name(TEXT_NAME, ast.Load()), [node.value, ast.Constant(node.conversion)], []), node.value)
+        node.conversion = -1
+        return node
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.op, ast.Mod) and (isinstance(node.left, ast.JoinedStr) or (
+                isinstance(node.left, ast.Constant) and isinstance(node.left.value, (str, bytes)))):
+            return ast.copy_location(ast.Call(ast.Name(SCRUB_NAME, ast.Load()), [node], []), node)
+        return node
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]{4,}")
+_ADDRESS_BYTES = re.compile(rb" at 0x[0-9a-fA-F]{4,}")
+
+
+def scrub(value: object) -> object:
+    """``value`` with every object address (`` at 0x...``) removed when it is text; anything else as is."""
+    t = type(value)
+    if t is str and " at 0x" in value:  # type: ignore[operator]
+        return _ADDRESS.sub("", value)  # type: ignore[arg-type]
+    if t is bytes and b" at 0x" in value:  # type: ignore[operator]
+        return _ADDRESS_BYTES.sub(b"", value)  # type: ignore[arg-type]
+    return value
+
+
+def _text(value: object, conversion: int) -> object:
+    """An f-string field: the conversion (!s, !r, !a) done here and scrubbed; without one, values whose type
+    formats itself (numbers, str, the code's own classes with __format__) pass as they are and the rest
+    (containers, functions: object.__format__ would use their repr) become their scrubbed str."""
+    if conversion == 115:
+        return scrub(str(value))
+    if conversion == 114:
+        return scrub(repr(value))
+    if conversion == 97:
+        return scrub(ascii(value))
+    if type(value).__format__ is object.__format__:
+        return scrub(str(value))
+    return value
+
+
 def _imports_time(tree: ast.Module) -> bool:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import) and any(a.name == "time" for a in node.names):
@@ -194,8 +255,10 @@ def _compile(tree: ast.Module) -> tuple[CodeType | None, list[Violation]]:
     ast.fix_missing_locations(tree)
     errors: list[str] = []
     LeanTransformer(errors, [], {}).visit(tree)
-    if not errors and ticks:
-        _Prepare(ticks=True).visit(tree)  # after the checks: the tick name is reserved for the sandbox
+    if not errors:  # after the checks: the guards' names are reserved for the sandbox
+        _AddressFreeText().visit(tree)
+        if ticks:
+            _Prepare(ticks=True).visit(tree)
         ast.fix_missing_locations(tree)
     if errors:
         out = []
@@ -223,12 +286,12 @@ def _check_format(fmt: str, depth: int = 0) -> None:
 
 def _safe_format(fmt: str, *args: object, **kwargs: object) -> str:
     _check_format(fmt)
-    return str.format(fmt, *args, **kwargs)
+    return scrub(str.format(fmt, *args, **kwargs))  # type: ignore[return-value]
 
 
 def _safe_format_map(fmt: str, mapping: object) -> str:
     _check_format(fmt)
-    return str.format_map(fmt, mapping)  # type: ignore[arg-type]
+    return scrub(str.format_map(fmt, mapping))  # type: ignore[arg-type,return-value]
 
 
 def _own_method(value: object) -> bool:
@@ -367,6 +430,17 @@ def _hash(ob: object) -> int:
 def _hashable_ok(ob: object) -> bool:
     t = type(ob)
     return t in _HASH_EXACT or t in _user_classes or ((t is tuple or t is frozenset) and all(_hashable_ok(v) for v in ob))
+
+
+def _getiter(ob: object) -> object:
+    """iter() for loops and comprehensions: a set or frozenset iterates only when every element hashes
+    without an address (numbers, str, bytes, tuples of those, the code's own objects): the order of a set of
+    functions or ``object()`` instances is the order of their addresses."""
+    t = type(ob)
+    if (t is set or t is frozenset) and not all(_hashable_ok(v) for v in ob):  # type: ignore[attr-defined]
+        raise TypeError("iterating a set of functions, classes or plain objects is not available: its order "
+                        "depends on memory addresses (use a list or a dict)")
+    return iter(ob)  # type: ignore[call-overload]
 
 
 def guarded_write(ob: object) -> object:
@@ -548,7 +622,8 @@ def make_globals(allowed_imports: frozenset[str], seed: int) -> dict[str, object
     safe["__import__"] = guarded_import
     return {
         "__builtins__": safe, "__name__": "untrusted", "__metaclass__": _user_class,
-        "_getattr_": guarded_getattr, "_getitem_": operator.getitem, "_getiter_": iter,
+        "_getattr_": guarded_getattr, "_getitem_": operator.getitem, "_getiter_": _getiter,
+        SCRUB_NAME: scrub, TEXT_NAME: _text,
         "_write_": guarded_write, "_iter_unpack_sequence_": _unpack, "_unpack_sequence_": _unpack,
         "_apply_": _apply, "_print_": _Printer, TICK_NAME: _work[0].__next__,
     }
