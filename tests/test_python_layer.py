@@ -392,6 +392,8 @@ def test_no_address_becomes_a_value():
             o, it = object(), iter([1])
             out = [repr(o), str(g), ascii(o), format(g), f"{g}", f"{g!r:>30}", f"{[g, 1.5]}", f"{it!s}", "%s" % (g,),
                    (b"%a" % (g,)).decode(), "{}".format(it), "{x}".format_map({"x": o}), f"{2.5:.2f}", f"{3}"]
+            r, a = repr, ascii
+            out = [r(g), a(it)] + out
             try:
                 out.append([v for v in {g, f, o}])
             except TypeError as e:
@@ -402,7 +404,8 @@ def test_no_address_becomes_a_value():
     a, b = restricted_only(src), restricted_only(src)
     assert a == b
     assert not any("0x" in str(v) for v in a), a
-    assert a[:3] == ["<object object>", "<function f.<locals>.g>", "<object object>"]
+    assert a[:5] == ["<function f.<locals>.g>", "<list_iterator object>", "<object object>", "<function f.<locals>.g>",
+                     "<object object>"]
     assert a[-4:-2] == ["2.50", "3"] and a[-2].startswith("iterating a set of functions")
     assert a[-1] == [1, 2, 3, (0, "b"), (1, "a")]
 

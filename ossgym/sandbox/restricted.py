@@ -163,14 +163,14 @@ class _Prepare(ast.NodeTransformer):
 
 SCRUB_NAME = "_scrub_"
 TEXT_NAME = "_text_"
-_CONVERSIONS = frozenset({"str", "repr", "ascii", "format"})
+_CONVERSIONS = frozenset({"str"})  # repr, ascii and format are scrubbing builtins (_SAFE_BUILTINS)
 
 
 class _AddressFreeText(ast.NodeTransformer):
     """After RestrictedPython's checks: every text conversion the code writes goes through a guard that
     removes object addresses (`` at 0x7f...`` in the default reprs of functions, ``object()``, iterators):
-    ``str(x)``/``repr(x)``/``ascii(x)``/``format(x)`` calls, f-string fields and ``%``-formatting of a
-    literal. So no address ever becomes a value the code can compute with."""
+    ``str(x)`` calls, f-string fields and ``%``-formatting of a literal (``repr``, ``ascii`` and ``format``
+    are scrubbing builtins). So no address becomes a value the code can compute with."""
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
         self.generic_visit(node)
@@ -596,6 +596,9 @@ _SAFE_BUILTINS = {name: getattr(builtins, name) for name in _SAFE_BUILTIN_NAMES}
 _SAFE_BUILTINS.update({
     "__build_class__": builtins.__build_class__, "getattr": guarded_getattr, "hasattr": guarded_hasattr,
     "type": _type, "hash": _hash, "None": None, "True": True, "False": False,
+    # functions, not types, so they can be replaced outright (an alias of them scrubs too); str stays the type
+    "repr": lambda ob: scrub(repr(ob)), "ascii": lambda ob: scrub(ascii(ob)),
+    "format": lambda ob, spec="": scrub(format(ob, spec)),
 })
 
 
