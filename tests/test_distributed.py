@@ -117,11 +117,16 @@ def test_two_gloo_ranks_match_one_process_with_the_same_total_batch(tmp_path):
     a, b = (load_file(d / "adapter" / "adapter_model.safetensors") for d in (two, one))
     assert a.keys() == b.keys() and a
     moved = max(float(t.abs().max()) for n, t in a.items() if "lora_B" in n)  # lora_B starts at zero
+    for x, y in zip(*logs):  # the loss of step 2 is computed on weights after one update: the updates agree
+        assert abs(x["loss"] - y["loss"]) <= 1e-4 * max(1.0, abs(y["loss"])), (x, y)
     for name in a:
         # The all-reduce sums the two ranks' gradients in another order than one process's backward: float32
-        # rounding (~1e-9 in a gradient), which Adam's first steps (update ~ lr * g / |g|) can enlarge on
-        # near-zero gradient entries; seen: <= 2.2e-6 on weights of ~8e-3 (lr 5e-3). Everything else is equal.
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=2e-5, msg=name)
+        # rounding (~1e-9 in a gradient), which Adam (update ~ lr * m / sqrt(v)) enlarges to up to ~lr on an
+        # entry whose gradient is near zero. So single entries may differ (seen: 1.2e-4 of a 0.13 weight at
+        # lr 5e-3); each tensor as a whole must agree: a real difference (a rank's batch or gradient lost)
+        # moves every entry by about lr.
+        diff = float((a[name] - b[name]).norm() / b[name].norm())
+        assert diff < 1e-3, (name, diff)
     assert moved > 0
 
 
