@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ossgym.agents.peft_utils import base_model
+from ossgym.training import distributed
 from ossgym.training.config import GRPORunConfig
 from ossgym.training.dataset import build_dataset
 from ossgym.training.env import EnvRewards
@@ -159,6 +160,7 @@ def run_training(
         use_cpu=cpu, bf16=not cpu, disable_tqdm=True, lr_scheduler_type="constant",
         save_strategy="steps", save_steps=config.save_steps or config.steps,
     )
+    overrides.update(distributed.grpo_overrides(config))  # each rank's share of the batch (multi-process)
     overrides.update(grpo_overrides)
     records: list[dict] = []
     backend = "trl" if generate is None else None
@@ -174,6 +176,7 @@ def run_training(
         return result
 
     callback = make_run_log(output_dir / LOG_FILE, env.component_names, records, progress, on_step=write_outputs)
+    callback = distributed.main_only(callback)  # logs, plot and report written once
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # TRL's gradient_checkpointing field name
         trainer_class, is_kwargs = GRPOTrainer, {}
@@ -188,8 +191,9 @@ def run_training(
             train_dataset=dataset,
             processing_class=agent.tokenizer,
             peft_config=config.lora_config(),
-            rollout_func=make_rollout_func(generate, max_prompt_length=config.max_prompt_length),
-            callbacks=[callback, *callbacks],
+            rollout_func=distributed.shard_rollout(  # samples independent of which rank draws them
+                make_rollout_func(generate, max_prompt_length=config.max_prompt_length)),
+            callbacks=[callback, *distributed.callbacks(output_dir), *callbacks],
         )
         if generate is None:
             _time_trl_generation(trainer)
@@ -207,6 +211,8 @@ def run_training(
             logger.warning("interrupted after %d steps; outputs so far in %s", len(records), output_dir)
             raise
     checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    if not distributed.is_main():  # the main process exports and writes the outputs
+        return TrainResult(output_dir, records, env.component_names, "", backend or "fast", time.perf_counter() - start)
     adapter_dir, merged_dir = _export(trainer, agent.tokenizer, output_dir, export_merged)
     agent.model = trainer.model
     agent.reset_engine()
