@@ -100,12 +100,12 @@ def redefault(cls: type, name: str, default: Any) -> Any:
 
 def check_keys(keys: Iterable[str], known: Iterable[str], owner: str) -> None:
     """Raise ConfigError naming the first of ``keys`` not in ``known`` (the options of ``owner``), with the
-    closest known names."""
+    closest known name and the list of them."""
     known = sorted(known)
     for key in keys:
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=3, cutoff=0.6)
-            hint = f"Did you mean {' or '.join(close)}?" if close else ""
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+            hint = f"Did you mean {close[0]}?" if close else ""
             listed = f"The options are: {', '.join(known)}." if len(known) <= 40 else f"See {owner}'s documentation."
             raise ConfigError(str(key), f"is not an option of {owner}", f"{hint} {listed}".strip())
 

@@ -83,9 +83,9 @@ def test_rules_paragraph_is_generated_from_the_policy():
 
 # --- chat-native turns, metadata, vectorisation ----------------------------------------------------------------
 
+FINAL = "Here is my answer.\n\n```python\ndef strategy(board):\n    return 'W'\n```"
 HARMONY_ATTEMPT = ("<|channel|>analysis<|message|>secret plan: ```python\ndef strategy(b):\n    return 'S'\n```"
-                   "<|end|><|start|>assistant<|channel|>final<|message|>"
-                   + CONSTANT + "<|return|>")
+                   f"<|end|><|start|>assistant<|channel|>final<|message|>{FINAL}<|return|>")
 
 
 def test_turns_are_chat_messages_assistant_attempts_and_user_feedback():
@@ -103,7 +103,7 @@ def test_turns_are_chat_messages_assistant_attempts_and_user_feedback():
         assert msgs[-1]["content"].startswith(f"Feedback on your attempt {turn}:\n{info['feedback']}")
         assert obs == "\n\n".join(m["content"] for m in msgs) and obs.startswith(obs0)
     # an earlier attempt is shown as its answer (the final channel): no reasoning, no Harmony tokens
-    assert msgs[2]["content"] == CONSTANT and "secret plan" not in obs and "<|" not in obs
+    assert msgs[2]["content"] == FINAL and "secret plan" not in obs and "<|" not in obs
     assert msgs[4]["content"] == "no code at all"  # plain text is the answer as a whole
     env.reset(seed=2)
     assert env.step("")[4]["messages"][2]["content"] == ""  # nothing to show for an empty attempt

@@ -51,7 +51,8 @@ GRPO_FIELDS_OF_THE_RUN = {
     "per_device_train_batch_size": "micro_batch_size", "gradient_accumulation_steps": "micro_batch_size",
     "learning_rate": "learning_rate", "max_completion_length": "max_completion_length",
     "temperature": "temperature", "top_p": "top_p", "beta": "beta", "seed": "seed", "data_seed": "seed",
-    "gradient_checkpointing": "gradient_checkpointing", "router_aux_loss_coef": "router_aux_loss_coef",
+    "gradient_checkpointing": "gradient_checkpointing", "activation_checkpointing": "gradient_checkpointing",
+    "router_aux_loss_coef": "router_aux_loss_coef",
     "chat_template_kwargs": "reasoning_effort", "save_strategy": "save_steps", "save_steps": "save_steps",
     "report_to": "report_to", "remove_unused_columns": None,  # the reward functions read the seed column
 }
