@@ -147,3 +147,19 @@ def test_async_make_vec_without_shared_memory():
         assert list(info["outcome"]) == ["ok", "no_code"]
     finally:
         envs.close()
+
+
+def test_gptoss_chat_template_renders_the_turns_as_harmony_messages():
+    pytest.importorskip("trl")
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from ossgym.agents.gptoss.tokenizer import gptoss_chat_template
+
+    env = GptOss2048Env(max_turns=2, num_games=1, pool=LocalPool())
+    env.reset(seed=0)
+    info = env.step(HARMONY_ATTEMPT)[4]
+    (text,), _ = render_jinja_template([info["messages"]], chat_template=gptoss_chat_template(),
+                                        add_generation_prompt=True, reasoning_effort="low")
+    tail = (f"<|start|>assistant<|channel|>final<|message|>{FINAL}<|end|>"
+            f"<|start|>user<|message|>{info['messages'][-1]['content']}<|end|><|start|>assistant")
+    assert text.endswith(tail) and "secret plan" not in text

@@ -433,6 +433,10 @@ class CodeEnv(gym.Env[str, str]):
     (closed at interpreter exit). A pool passed in belongs to the caller: ``env.close()`` does not close it
     (it may serve other envs); close it yourself, e.g. ``with SandboxPool() as pool: env = make(..., pool=pool)``.
     After ``close()`` the env refuses to step.
+
+    Vectorised: ``gymnasium.make_vec(env_id, num_envs=N, vectorization_mode="async",
+    vector_kwargs={"shared_memory": False})`` runs N envs in subprocesses (text observations cannot live in
+    shared memory); ``score_batch`` on one env already scores a batch in parallel sandbox workers.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
