@@ -62,6 +62,28 @@ def test_shared_config_validates_imports_and_memory():
         GptOss2048Env(allowed_imports=frozenset({"socket"}))
 
 
+@pytest.mark.parametrize("kwargs, field", [
+    ({"allowed_imports": "math"}, "allowed_imports"), ({"allowed_imports": ["math", 3]}, "allowed_imports"),
+    ({"memory_mb": 512.0}, "memory_mb"), ({"liveness_wall_s": True}, "liveness_wall_s"),
+    ({"weights": {"crash": -1.0}}, "weights"),
+])
+def test_shared_options_are_checked_by_their_declarations(kwargs, field):
+    with pytest.raises(ConfigError) as e:
+        TaskConfig(**kwargs)
+    assert e.value.field == field
+
+
+def test_shared_options_normalise_lists_and_weights_are_checked():
+    from ossgym.envs.code.base import FormatWeights
+
+    config = TaskConfig(allowed_imports=["math", "random", "math"])
+    assert config.allowed_imports == frozenset({"math", "random"})
+    assert TaskConfig(allowed_imports=("heapq",)) == TaskConfig(allowed_imports={"heapq"})
+    with pytest.raises(ConfigError) as e:
+        FormatWeights(crash=float("nan"))
+    assert e.value.field == "crash"
+
+
 def test_rules_paragraph_is_generated_from_the_policy():
     imports = frozenset({"math", "random"})
     text = sandbox_rules("strategy", imports)

@@ -101,12 +101,15 @@ class FormatWeights:
     ========================= ======= ==============================================================
     """
 
-    format_ok: float = 0.5
-    format_syntax_error: float = -0.5
-    format_missing: float = -1.0
-    policy_ok: float = 0.5
-    policy_violation: float = -1.0
-    crash: float = -1.0
+    format_ok: float = option(0.5, "a compilable definition of the required function was found")
+    format_syntax_error: float = option(-0.5, "the required function was found but does not compile")
+    format_missing: float = option(-1.0, "no code defining the required function in the final answer")
+    policy_ok: float = option(0.5, "the sandbox's static policy passed")
+    policy_violation: float = option(-1.0, "the policy refused the code")
+    crash: float = option(-1.0, "the whole evaluation failed (memory, crash, timeout, invalid output)")
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 @dataclass(frozen=True)
