@@ -69,7 +69,7 @@ def check_report_to(report_to: str) -> None:
 
 
 def check_grpo_options(grpo: dict) -> None:
-    """Raise ConfigError for a ``grpo`` key that is not a trl.GRPOConfig field (closest names given) or that
+    """Raise ConfigError for a ``grpo`` key that is not a trl.GRPOConfig field (the closest one named) or that
     the run sets from one of its own fields (imports trl: only called when there are such keys)."""
     import dataclasses
 
