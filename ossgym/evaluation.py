@@ -311,12 +311,8 @@ def game2048_baseline_table(seeds: Sequence[int], names: Sequence[str] = GAME204
 
 
 # ------------------------------------------------------------------------------------------ command line
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ossgym.evaluation CHECKPOINT [ENV_ID] --seeds N --plot eval.png`` (what ``ossgym eval`` runs)."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="ossgym eval", description="Score a checkpoint on a code env over "
-                                 "evaluation seeds and place it in the env's reference ladder (docs/rewards.md).")
+def add_eval_arguments(ap: Any) -> Any:
+    """Add the arguments of ``ossgym eval`` to an ``argparse.ArgumentParser``."""
     ap.add_argument("checkpoint", help="'tiny', a local model folder (merged) or a peft adapter folder")
     ap.add_argument("env_id", nargs="?", default="GptOss2048-v0", help="the code env (default GptOss2048-v0)")
     ap.add_argument("--seeds", type=int, default=16, help="evaluation seeds 0..N-1 (default 16)")
@@ -326,7 +322,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
     ap.add_argument("--plot", default=None, help="write the ladder as a PNG here")
     ap.add_argument("--markdown", default=None, help="write the ladder table here")
-    args = ap.parse_args(argv)
+    return ap
+
+
+EVAL_DESCRIPTION = ("Score a checkpoint on a code env over evaluation seeds and place it in the env's reference "
+                    "ladder (docs/rewards.md).")
+
+
+def eval_command(args: Any) -> int:
+    """Run ``ossgym eval`` on parsed arguments: print the ladder table, write the plot and table if asked."""
     result = evaluate(args.checkpoint, args.env_id, range(args.first_seed, args.first_seed + args.seeds),
                       num_samples=args.num_samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     table = result.to_markdown()
@@ -336,6 +340,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot:
         print(f"plot: {result.plot(args.plot)}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ossgym.evaluation CHECKPOINT [ENV_ID] --seeds N --plot eval.png`` (what ``ossgym eval`` runs)."""
+    import argparse
+
+    ap = add_eval_arguments(argparse.ArgumentParser(prog="ossgym eval", description=EVAL_DESCRIPTION))
+    return eval_command(ap.parse_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

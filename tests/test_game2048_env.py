@@ -114,6 +114,26 @@ def test_default_illegal_mode_is_noop_and_bad_config_is_refused():
         Game2048VectorEnv(num_envs=0)
 
 
+def test_unknown_options_are_refused_at_make_naming_the_closest():
+    with pytest.raises(ConfigError) as e:
+        gym.make("Game2048-v0", sise=4)
+    assert e.value.field == "sise" and "Did you mean size?" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        gym.make_vec("Game2048-v0", num_envs=2, illegal_moves="noop")  # the native vector env
+    assert e.value.field == "illegal_moves" and "Did you mean illegal_move?" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        gym.make("Game2048-v0", one_hot="yes")
+    assert e.value.field == "one_hot"
+    env = gym.make("Game2048-v0")
+    with pytest.raises(ConfigError) as e:
+        env.reset(seed=0, options={"bord": ONE_ROW})
+    assert e.value.field == "bord" and "Did you mean board?" in str(e.value)
+    vec = gym.make_vec("Game2048-v0", num_envs=2)
+    with pytest.raises(ConfigError) as e:
+        vec.reset(seed=0, options={"mask": [True, False]})
+    assert e.value.field == "mask" and "reset_mask" in str(e.value)
+
+
 def test_one_hot_and_log2_reward():
     env = gym.make("Game2048-v0", one_hot=True, reward_mode="log2")
     board = [[1, 1, 0, 0], [2, 2, 2, 2], [0, 0, 0, 0], [0, 0, 0, 0]]

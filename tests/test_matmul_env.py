@@ -290,6 +290,8 @@ def test_score_batch_keeps_order_and_agrees_with_step(pool):
     ("rtol", 0.5), ("rtol", 1), ("call_time_limit_s", 0), ("time_budget_s", 0.1),
     ("correct_weight", 0.0), ("speed_weight", -1.0), ("speed_max_log2", math.inf),
     ("speed_min_log2", -3.0),  # a slow correct function would fall to an incorrect one's reward
+    ("speed_shape", (48, 2.0, 48)), ("speed_shape", "48,48,48"), ("liveness_wall_s", 0.5),
+    ("allowed_imports", "math"), ("allowed_imports", {"math", "subprocess"}),
 ])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ConfigError) as err:
@@ -300,7 +302,7 @@ def test_bad_config_names_the_field(field, value):
 def test_bad_options_through_make():
     with pytest.raises(ConfigError) as err:
         gymnasium.make("GptOssMatmul-v0", speed_trails=3)
-    assert err.value.field == "options" and "speed_trials" in str(err.value)
+    assert err.value.field == "speed_trails" and "Did you mean speed_trials?" in str(err.value)
     with pytest.raises(ConfigError) as err:
         gymnasium.make("GptOssMatmul-v0", speed_min_log2=1.0, speed_max_log2=0.5)
     assert err.value.field == "speed_min_log2"

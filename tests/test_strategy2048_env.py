@@ -449,7 +449,14 @@ def test_any_text_gets_a_result_whose_components_sum(pool, text):
         ({"time_budget_s": 0}, "time_budget_s"),
         ({"time_budget_s": 1e9}, "time_budget_s"),
         ({"move_budget_s": 0.5}, "move_budget_s"),  # above the per-move limit
-        ({"bogus_option": 1}, "options"),
+        ({"bogus_option": 1}, "bogus_option"),
+        ({"num_game": 3}, "num_game"),
+        ({"allowed_imports": "math"}, "allowed_imports"),  # a str, not a list of names
+        ({"allowed_imports": ["math", "os"]}, "allowed_imports"),  # os is not vetted
+        ({"tile_weight": -1.0}, "tile_weight"),
+        ({"win_weight": float("nan")}, "win_weight"),
+        ({"liveness_wall_s": 0}, "liveness_wall_s"),
+        ({"memory_mb": 8}, "memory_mb"),
         ({"max_turns": 0}, "max_turns"),
         ({"max_turns": 1.5}, "max_turns"),
         ({"reasoning_effort": "max"}, "reasoning_effort"),
@@ -460,15 +467,30 @@ def test_any_text_gets_a_result_whose_components_sum(pool, text):
 )
 def test_bad_options_raise_config_error_naming_the_field(pool, kwargs, field):
     with pytest.raises(ConfigError) as e:
-        env = gymnasium.make("GptOss2048-v0", pool=pool, **kwargs)
-        env.unwrapped.task.sandbox_task(0)  # some limits are checked where the sandbox task is built
+        gymnasium.make("GptOss2048-v0", pool=pool, **kwargs)  # at make, not at the first step
     assert e.value.field == field, str(e.value)
     assert field in str(e.value)
 
 
+def test_an_unknown_option_names_the_closest_ones(pool):
+    with pytest.raises(ConfigError) as e:
+        gymnasium.make("GptOss2048-v0", pool=pool, num_game=3)
+    assert "Did you mean num_games?" in str(e.value) and "max_turns" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        gymnasium.make("GptOss2048-v0", pool=pool, allowed_imports=["math", "os", "sys"])
+    assert "'os', 'sys'" in str(e.value) and "statistics" in e.value.fix  # the vetted modules are listed
+
+
+def test_allowed_imports_take_any_list_of_vetted_names(pool):
+    env = gymnasium.make("GptOss2048-v0", pool=pool, allowed_imports=["math", "time"]).unwrapped
+    assert env.task.config.allowed_imports == frozenset({"math", "time"})
+    assert env.task.sandbox_task(0).allowed_imports == frozenset({"math", "time"})
+    assert "you may import only math, time" in env.reset(seed=0)[0]
+
+
 @pytest.mark.parametrize("options, field", [({"eval_seed": -1}, "options['eval_seed']"),
                                             ({"eval_seed": "7"}, "options['eval_seed']"),
-                                            ({"seed": 1}, "options")])
+                                            ({"seed": 1}, "seed")])
 def test_bad_reset_options(pool, options, field):
     env = make(pool, **SMALL)
     with pytest.raises(ConfigError) as e:

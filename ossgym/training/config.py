@@ -40,13 +40,61 @@ def check_env_id(env_id: str) -> None:
         raise ConfigError("env_id", f"{env_id!r} is not a registered environment", hint)
 
 
+#: where TRL may report to, and the module each needs (transformers' integrations)
+REPORT_TO = ("none", "trackio", "tensorboard", "wandb")
+_REPORT_MODULES = {"trackio": ("trackio",), "tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
+
+#: trl.GRPOConfig fields that GRPORunConfig sets from its own fields (or that ossgym's training needs as set),
+#: so they cannot be passed through ``grpo``: the run field to use instead
+GRPO_FIELDS_OF_THE_RUN = {
+    "output_dir": "output_dir", "max_steps": "steps", "num_generations": "group_size",
+    "per_device_train_batch_size": "micro_batch_size", "gradient_accumulation_steps": "micro_batch_size",
+    "learning_rate": "learning_rate", "max_completion_length": "max_completion_length",
+    "temperature": "temperature", "top_p": "top_p", "beta": "beta", "seed": "seed", "data_seed": "seed",
+    "gradient_checkpointing": "gradient_checkpointing", "activation_checkpointing": "gradient_checkpointing",
+    "router_aux_loss_coef": "router_aux_loss_coef",
+    "chat_template_kwargs": "reasoning_effort", "save_strategy": "save_steps", "save_steps": "save_steps",
+    "report_to": "report_to", "remove_unused_columns": None,  # the reward functions read the seed column
+}
+
+
+def check_report_to(report_to: str) -> None:
+    """Raise ConfigError when the package that ``report_to`` needs is not installed (checked without importing)."""
+    import importlib.util
+
+    modules = _REPORT_MODULES.get(report_to, ())
+    if modules and not any(importlib.util.find_spec(m) is not None for m in modules):
+        raise ConfigError("report_to", f"{report_to!r} needs the {modules[0]} package, which is not installed",
+                          f"pip install {modules[0]}, or pass report_to='none'.")
+
+
+def check_grpo_options(grpo: dict) -> None:
+    """Raise ConfigError for a ``grpo`` key that is not a trl.GRPOConfig field (the closest one named) or that
+    the run sets from one of its own fields (imports trl: only called when there are such keys)."""
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    from ossgym.options import check_keys
+
+    check_keys(grpo, [f.name for f in dataclasses.fields(GRPOConfig) if f.init], "trl.GRPOConfig")
+    for key in grpo:
+        if key in GRPO_FIELDS_OF_THE_RUN:
+            run_field = GRPO_FIELDS_OF_THE_RUN[key]
+            raise ConfigError(key, "is set by ossgym's run, not through grpo",
+                              f"Pass {run_field} instead." if run_field else "ossgym's training needs its value.")
+
+
 @dataclass
 class GRPORunConfig:
     """Options of one GRPO run; invalid values raise :class:`ossgym.errors.ConfigError` on construction.
 
     ``model=None`` means the embedded tiny gpt-oss agent. ``generation="fast"`` samples with the ossgym
     engine through ``rollout_func``; ``"trl"`` uses TRL's own ``generate``. One optimizer step uses
-    ``prompts_per_step`` prompts x ``group_size`` completions.
+    ``prompts_per_step`` prompts x ``group_size`` completions. ``report_to`` picks TRL's metrics
+    reporter; ``grpo`` passes any other ``trl.GRPOConfig`` field through (its keys are checked against
+    GRPOConfig's fields; those the run sets from its own fields are refused, naming the field to use).
+    ``ossgym train --config run.yaml`` reads these fields from YAML.
     """
 
     env_id: str = option("GptOss2048-v0", "the ossgym code env to train on (a registered gymnasium id)")
@@ -101,6 +149,10 @@ class GRPORunConfig:
     output_dir: str = option("runs/grpo", "folder for the log, plot, report, checkpoints and exports")
     save_steps: int = option(0, "save a checkpoint every N steps (0: only the final one)", min=0)
     seed: int = option(0, "seeds the dataset, the sampling and the trainer")
+    report_to: str = option("none", "where the trainer also reports its metrics (ossgym's own log, plot and report "
+                            "are always written)", choices=REPORT_TO)
+    grpo: dict = option(default_factory=dict, help="other trl.GRPOConfig fields, passed through as given, e.g. "
+                        "{'lr_scheduler_type': 'cosine', 'warmup_steps': 2}", cli=False)
 
     def __post_init__(self) -> None:
         self.lora_targets = tuple(self.lora_targets)
@@ -111,6 +163,9 @@ class GRPORunConfig:
         """Raise ConfigError for the first option that cannot work (each field, then how they fit together)."""
         check_env_id(self.env_id)
         check_options(self)
+        check_report_to(self.report_to)
+        if self.grpo:
+            check_grpo_options(self.grpo)
         if not self.output_dir:
             raise ConfigError("output_dir", "is empty", "Pass a folder, e.g. runs/grpo.")
         if self.lora_dropout and self.lora_target_parameters:
@@ -226,7 +281,13 @@ class GRPORunConfig:
             logging_steps=1,
             save_strategy="steps" if self.save_steps else "no",
             save_steps=self.save_steps or 500,
-            report_to="none",
+            report_to=self.report_to,
         )
         kwargs.update(overrides)
-        return GRPOConfig(**kwargs)
+        kwargs.update(self.grpo)  # the user's own GRPOConfig fields win over ossgym's defaults for them
+        try:
+            return GRPOConfig(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError("grpo", f"trl.GRPOConfig refused the run's options: {exc}",
+                              "Fix the grpo options (ossgym train --grpo-option KEY=VALUE) or the run field "
+                              "it names.") from None

@@ -16,6 +16,7 @@ in the caller. The components always sum to the reward.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -27,10 +28,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from ossgym.envs.code.extract import Extraction, extract_code
+from ossgym.envs.code.extract import MAX_COMPLETION_BYTES, Extraction, extract_code
 from ossgym.envs.code.spaces import CompletionSpace
 from ossgym.errors import ConfigError, SandboxError
-from ossgym.harmony import REASONING_EFFORTS
+from ossgym.harmony import REASONING_EFFORTS, parse_harmony
+from ossgym.options import check_keys, check_options, option
 from ossgym.sandbox import DEFAULT_IMPORTS, Outcome, SandboxPool, SandboxResult, SandboxTask, default_pool
 from ossgym.sandbox.policy import FORBIDDEN_NAMES, FRAME_ATTRIBUTES, check_policy
 from ossgym.sandbox.task import VETTED_IMPORTS
@@ -99,12 +101,15 @@ class FormatWeights:
     ========================= ======= ==============================================================
     """
 
-    format_ok: float = 0.5
-    format_syntax_error: float = -0.5
-    format_missing: float = -1.0
-    policy_ok: float = 0.5
-    policy_violation: float = -1.0
-    crash: float = -1.0
+    format_ok: float = option(0.5, "a compilable definition of the required function was found")
+    format_syntax_error: float = option(-0.5, "the required function was found but does not compile")
+    format_missing: float = option(-1.0, "no code defining the required function in the final answer")
+    policy_ok: float = option(0.5, "the sandbox's static policy passed")
+    policy_violation: float = option(-1.0, "the policy refused the code")
+    crash: float = option(-1.0, "the whole evaluation failed (memory, crash, timeout, invalid output)")
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 @dataclass(frozen=True)
@@ -131,34 +136,27 @@ class TaskConfig:
                                   (budgets are CPU time measured by the caller, see each task)
     weights          FormatWeights  the format/policy/crash components
     ================ ============ ==================================================================
+
+    Fields are declared with :func:`ossgym.options.option` and checked on construction (so a bad option
+    fails at ``gymnasium.make``); a subclass declares its own the same way and calls
+    ``super().__post_init__()`` first.
     """
 
-    allowed_imports: frozenset[str] = DEFAULT_IMPORTS
-    memory_mb: int = 512
-    liveness_wall_s: float = 120.0
-    weights: FormatWeights = field(default_factory=FormatWeights)
+    allowed_imports: frozenset[str] = option(
+        DEFAULT_IMPORTS, "modules the code may import", choices=sorted(VETTED_IMPORTS),
+        fix=f"Pass a list or set of module names the sandbox vetted: {', '.join(sorted(VETTED_IMPORTS))}.")
+    memory_mb: int = option(512, "memory (MB) the evaluation may add in the worker", min=16, max=1 << 16)
+    liveness_wall_s: float = option(120.0, "wall seconds after which a stuck worker is killed (never a budget)",
+                                    min=1.0, max=3600.0)
+    weights: FormatWeights = option(default_factory=FormatWeights, help="the format, policy and crash components")
 
     def __post_init__(self) -> None:
-        imports = self.allowed_imports
-        if not isinstance(imports, (frozenset, set, tuple, list)) or not all(type(m) is str for m in imports):
-            raise ConfigError("allowed_imports", f"must be a set of module names, got {imports!r}",
-                              "Pass e.g. frozenset({'math', 'random'}).")
-        object.__setattr__(self, "allowed_imports", frozenset(imports))
-        bad = self.allowed_imports - VETTED_IMPORTS
-        if bad:
-            raise ConfigError("allowed_imports", f"{sorted(bad)} are not among the sandbox's vetted modules",
-                              f"Allow only modules from {sorted(VETTED_IMPORTS)}.")
-        if type(self.memory_mb) is not int or not 16 <= self.memory_mb <= 1 << 16:
-            raise ConfigError("memory_mb", f"must be an int in 16..65536, got {self.memory_mb!r}", "Pass memory_mb=512.")
-        v = self.liveness_wall_s
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 1 <= v <= 3600:
-            raise ConfigError("liveness_wall_s", f"must be seconds in [1, 3600], got {v!r}", "Pass 120.0.")
-        if not isinstance(self.weights, FormatWeights):
-            raise ConfigError("weights", "must be a FormatWeights", "Pass FormatWeights(...).")
+        check_options(self)
 
 
 def check_seconds(config: Any, *names: str, low: float = 0.0, high: float = 3600.0) -> None:
-    """Validate config fields holding seconds: numbers (not bool) in (low, high]."""
+    """Validate config fields holding seconds: numbers (not bool) in (low, high] (for fields declared without
+    :func:`ossgym.options.option`; an option declares ``min=low, min_open=True, max=high`` instead)."""
     for name in names:
         v = getattr(config, name)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not low < v <= high:
@@ -288,18 +286,31 @@ class CodeTask(ABC):
         return {name: 0.0 for name in self.component_names}
 
 
-def messages(task: CodeTask, feedback: Sequence[str] = ()) -> list[dict]:
-    """The task as chat messages (system + user; earlier attempts' feedback appended to the user turn).
+def messages(task: CodeTask, attempts: Sequence[tuple[str, str]] = ()) -> list[dict]:
+    """The task as chat messages: system + user, then per earlier attempt an assistant turn (the attempt's
+    answer) and a user turn (the feedback on it), as chat templates, TRL, verifiers and OpenEnv expect.
 
-    The reasoning effort is not part of them: the chat template renders it (``info["reasoning_effort"]``).
+    ``attempts`` are ``(completion, feedback)`` pairs. An assistant turn holds the completion's answer (the
+    final channel of Harmony output, the whole text otherwise; reasoning is dropped, as gpt-oss's own
+    template drops it from earlier turns), or ``""`` when it had none. The reasoning effort is not part of
+    the messages: the chat template renders it (``info["reasoning_effort"]``).
     """
-    user = task.user_prompt()
-    for turn, text in enumerate(feedback, start=1):
-        user += f"\n\nFeedback on your attempt {turn}:\n{text}\n\nWrite an improved answer."
-    return [
+    out = [
         {"role": "system", "content": task.instructions()},
-        {"role": "user", "content": user},
+        {"role": "user", "content": task.user_prompt()},
     ]
+    for turn, (completion, feedback) in enumerate(attempts, start=1):
+        out.append({"role": "assistant", "content": attempt_answer(completion)})
+        out.append({"role": "user", "content": f"Feedback on your attempt {turn}:\n{feedback}\n\n"
+                                               "Write an improved answer."})
+    return out
+
+
+def attempt_answer(completion: str) -> str:
+    """The answer part of a completion as an earlier assistant turn shows it (size-capped; see :func:`messages`)."""
+    if type(completion) is not str or len(completion.encode("utf-8", "replace")) > MAX_COMPLETION_BYTES:
+        return ""
+    return parse_harmony(completion).answer or ""
 
 
 def _finish(components: dict[str, float], feedback: str, outcome: str, details: dict | None = None) -> ScoreResult:
@@ -400,13 +411,14 @@ def score(task: CodeTask, completion: str, seed: int, pool: SandboxPool | None =
 class CodeEnv(gym.Env[str, str]):
     """Base of the code-as-action envs; the subclasses' docstrings are their specs.
 
-    Observation: the task prompt (a ``str``: instructions and user turn as plain text). ``info["messages"]``
-    holds the same task as chat messages (system + user) for chat templates, with
-    ``info["reasoning_effort"]``. Action: the whole completion text (any Unicode, empty allowed).
+    Observation: the task prompt (a ``str``: the contents of ``info["messages"]`` as plain text, joined by
+    blank lines). ``info["messages"]`` holds the same as chat messages for chat templates (system + user at
+    ``reset``), with ``info["reasoning_effort"]``. Action: the whole completion text (any Unicode, empty
+    allowed).
 
-    Turns: with ``max_turns=1`` (default) the episode ends after one step. With ``max_turns=K`` the next
-    observation and messages carry the feedback on every earlier attempt and the model may revise, up to
-    K attempts. The reward of turn t is ``score_t - score_{t-1}`` (``score_0 = 0``), so the episode return
+    Turns: with ``max_turns=1`` (default) the episode ends after one step. With ``max_turns=K`` the model
+    may revise, up to K attempts: after each step the messages go on as a chat, an assistant turn with the
+    attempt's answer (its final channel; see :func:`messages`) and a user turn with the feedback on it. The reward of turn t is ``score_t - score_{t-1}`` (``score_0 = 0``), so the episode return
     equals the score of the last attempt and a revision pays exactly what it improves;
     ``info["reward_components"]`` holds the same differences per component (they sum to the reward) and
     ``info["attempt_reward"]`` / ``info["attempt_components"]`` the attempt's own score.
@@ -424,9 +436,13 @@ class CodeEnv(gym.Env[str, str]):
     (closed at interpreter exit). A pool passed in belongs to the caller: ``env.close()`` does not close it
     (it may serve other envs); close it yourself, e.g. ``with SandboxPool() as pool: env = make(..., pool=pool)``.
     After ``close()`` the env refuses to step.
+
+    Vectorised: ``gymnasium.make_vec(env_id, num_envs=N, vectorization_mode="async",
+    vector_kwargs={"shared_memory": False})`` runs N envs in subprocesses (text observations cannot live in
+    shared memory); ``score_batch`` on one env already scores a batch in parallel sandbox workers.
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
 
     #: the task's options dataclass (its fields are the env's keyword options) and the task built from it
     config_class: type
@@ -440,11 +456,9 @@ class CodeEnv(gym.Env[str, str]):
         pool: SandboxPool | None = None,
         **options: Any,
     ):
-        try:
-            config = self.config_class(**options)
-        except TypeError as exc:
-            raise ConfigError("options", str(exc),
-                              f"Valid options: {sorted(self.config_class.__dataclass_fields__)}.") from None
+        fields = [f.name for f in dataclasses.fields(self.config_class) if f.init]
+        check_keys(options, [*fields, "max_turns", "reasoning_effort", "render_mode", "pool"], type(self).__name__)
+        config = self.config_class(**options)
         task = self.task_class(config)
         if type(max_turns) is not int or max_turns < 1:
             raise ConfigError("max_turns", f"must be an int >= 1, got {max_turns!r}", "Pass max_turns=1 for single-turn.")
@@ -461,7 +475,7 @@ class CodeEnv(gym.Env[str, str]):
         self.observation_space = CompletionSpace()
         self.action_space = CompletionSpace()
         self._eval_seed = 0
-        self._feedback: list[str] = []
+        self._attempts: list[tuple[str, str]] = []  # (completion, feedback) of this episode's steps
         self._last_components: dict[str, float] = task.zero_components()
         self._last: ScoreResult | None = None
         self._turn = 0
@@ -482,7 +496,7 @@ class CodeEnv(gym.Env[str, str]):
         return score_batch(self.task, completions, seeds, self._pool)
 
     def _observation(self) -> tuple[str, dict]:
-        msgs = messages(self.task, self._feedback)
+        msgs = messages(self.task, self._attempts)
         text = "\n\n".join(m["content"] for m in msgs)
         info = {"messages": msgs, "reasoning_effort": self.reasoning_effort, "eval_seed": self._eval_seed,
                 "turn": self._turn}
@@ -503,9 +517,8 @@ class CodeEnv(gym.Env[str, str]):
             self._eval_seed = eval_seed % _MAX_SEED
         else:
             self._eval_seed = int(self.np_random.integers(_MAX_SEED))
-        if options:
-            raise ConfigError("options", f"unknown keys {sorted(options)}", "The only option is 'eval_seed'.")
-        self._feedback, self._turn, self._last = [], 0, None
+        check_keys(options, ("eval_seed",), f"{type(self).__name__}.reset")
+        self._attempts, self._turn, self._last = [], 0, None
         self._last_components = self.task.zero_components()
         return self._observation()
 
@@ -530,7 +543,7 @@ class CodeEnv(gym.Env[str, str]):
         components = {k: result.components[k] - self._last_components.get(k, 0.0) for k in result.components}
         reward = float(sum(components.values()))
         self._last_components, self._last = dict(result.components), result
-        self._feedback.append(result.feedback)
+        self._attempts.append((action, result.feedback))
         terminated = self._turn >= self.max_turns
         obs, info = self._observation()
         info.update(

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from ossgym.envs.game2048.engine import MAX_EXPONENT, Game2048, _check_size
+from ossgym.envs.game2048.engine import MAX_EXPONENT, MAX_SIZE, MIN_SIZE, Game2048
 from ossgym.envs.game2048.render import render_ansi, render_rgb
 from ossgym.errors import ConfigError
+from ossgym.options import check_keys, check_options, option
 
 ILLEGAL_MOVE_MODES = ("noop", "penalize", "terminate")
 REWARD_MODES = ("score", "log2")
@@ -22,27 +23,21 @@ REWARD_MODES = ("score", "log2")
 class Game2048Config:
     """Settings of :class:`Game2048Env` and :class:`~ossgym.envs.game2048.vector.Game2048VectorEnv`."""
 
-    size: int = 4
-    illegal_move: str = "noop"
-    illegal_penalty: float = 1.0
-    one_hot: bool = False
-    reward_mode: str = "score"
+    size: int = option(4, "board size", min=MIN_SIZE, max=MAX_SIZE)
+    illegal_move: str = option("noop", "what a move that changes nothing does", choices=ILLEGAL_MOVE_MODES)
+    illegal_penalty: float = option(1.0, "the penalty of an illegal move in the penalize mode", min=0.0)
+    one_hot: bool = option(False, "one-hot observations (size, size, 16) instead of exponents")
+    reward_mode: str = option("score", "reward of a move: its score gain, or log2 of it", choices=REWARD_MODES)
 
     def __post_init__(self) -> None:
-        _check_size(self.size)
-        self.size = int(self.size)
-        if self.illegal_move not in ILLEGAL_MOVE_MODES:
-            raise ConfigError("illegal_move", f"must be one of {ILLEGAL_MOVE_MODES}, got {self.illegal_move!r}",
-                              'Pass illegal_move="noop" (the default).')
-        if self.reward_mode not in REWARD_MODES:
-            raise ConfigError("reward_mode", f"must be one of {REWARD_MODES}, got {self.reward_mode!r}",
-                              'Pass reward_mode="score" (the default) or "log2".')
-        if not isinstance(self.illegal_penalty, (int, float)) or not math.isfinite(self.illegal_penalty) \
-                or self.illegal_penalty < 0:
-            raise ConfigError("illegal_penalty", f"must be a finite number >= 0, got {self.illegal_penalty!r}",
-                              "Pass illegal_penalty=1.0.")
-        if not isinstance(self.one_hot, bool):
-            raise ConfigError("one_hot", f"must be a bool, got {self.one_hot!r}", "Pass one_hot=True or False.")
+        check_options(self)
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], owner: str, env_args: tuple[str, ...] = ()) -> "Game2048Config":
+        """The config of an env's keyword options; ConfigError names an unknown one (``env_args`` are the
+        env's own arguments, named in the hint)."""
+        check_keys(options, [*(f.name for f in fields(cls)), *env_args], owner)
+        return cls(**options)
 
     def observation_space(self) -> spaces.Box:
         """The observation space of one board under these settings."""
@@ -116,18 +111,17 @@ class Game2048Env(gym.Env[np.ndarray, np.int64]):
 
     ## Arguments
     ``gymnasium.make("Game2048-v0", render_mode=None, size=4, illegal_move="noop", illegal_penalty=1.0,
-    one_hot=False, reward_mode="score")``
+    one_hot=False, reward_mode="score")`` (the options are :class:`Game2048Config`'s fields; a wrong value
+    or an unknown name raises :class:`~ossgym.errors.ConfigError` at ``make``)
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
 
-    def __init__(self, render_mode: str | None = None, size: int = 4, illegal_move: str = "noop",
-                 illegal_penalty: float = 1.0, one_hot: bool = False, reward_mode: str = "score"):
+    def __init__(self, render_mode: str | None = None, **options: Any):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ConfigError("render_mode", f"must be None, 'ansi' or 'rgb_array', got {render_mode!r}",
                               'Pass render_mode="ansi" or "rgb_array".')
-        self.config = Game2048Config(size=size, illegal_move=illegal_move, illegal_penalty=illegal_penalty,
-                                     one_hot=one_hot, reward_mode=reward_mode)
+        self.config = Game2048Config.from_options(options, type(self).__name__, ("render_mode",))
         self.render_mode = render_mode
         self.size = self.config.size
         self.action_space = spaces.Discrete(4)
@@ -160,9 +154,7 @@ class Game2048Env(gym.Env[np.ndarray, np.int64]):
         super().reset(seed=seed)
         self._game = Game2048(self.size, rng=self.np_random)
         if options:
-            unknown = set(options) - {"board", "score"}
-            if unknown:
-                raise ValueError(f"unknown reset options {sorted(unknown)}; known: 'board', 'score'")
+            check_keys(options, ("board", "score"), "Game2048Env.reset")
             if "board" in options:
                 self._game.set_board(options["board"], score=int(options.get("score", 0)))
             elif "score" in options:

@@ -16,6 +16,7 @@ from ossgym.envs.game2048.engine import BatchGame2048, Game2048, codes_to_mask
 from ossgym.envs.game2048.env import ONE_HOT_TABLE, Game2048Config
 from ossgym.envs.game2048.render import render_ansi, render_rgb
 from ossgym.errors import ConfigError
+from ossgym.options import check_keys
 
 
 class _GameList:
@@ -81,10 +82,8 @@ class Game2048VectorEnv(VectorEnv):
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4,
                 "autoreset_mode": AutoresetMode.NEXT_STEP}
 
-    def __init__(self, num_envs: int = 1, render_mode: str | None = None, size: int = 4,
-                 illegal_move: str = "noop", illegal_penalty: float = 1.0, one_hot: bool = False,
-                 reward_mode: str = "score", max_episode_steps: int | None = None,
-                 autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP):
+    def __init__(self, num_envs: int = 1, render_mode: str | None = None, max_episode_steps: int | None = None,
+                 autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP, **options: Any):
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ConfigError("num_envs", f"must be an int >= 1, got {num_envs!r}", "Pass num_envs=8.")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -102,8 +101,8 @@ class Game2048VectorEnv(VectorEnv):
             raise ConfigError("autoreset_mode", f"{self.autoreset_mode} is not supported",
                               "Pass autoreset_mode=AutoresetMode.NEXT_STEP or SAME_STEP.")
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
-        self.config = Game2048Config(size=size, illegal_move=illegal_move, illegal_penalty=illegal_penalty,
-                                     one_hot=one_hot, reward_mode=reward_mode)
+        self.config = Game2048Config.from_options(
+            options, type(self).__name__, ("num_envs", "render_mode", "max_episode_steps", "autoreset_mode"))
         self.num_envs = num_envs
         self.render_mode = render_mode
         self.max_episode_steps = max_episode_steps
@@ -156,8 +155,7 @@ class Game2048VectorEnv(VectorEnv):
         """Start new games in every sub-env (or those in ``options["reset_mask"]``); see the class doc."""
         options = dict(options or {})
         mask = np.asarray(options.pop("reset_mask", self._all), dtype=np.bool_)
-        if options:
-            raise ValueError(f"unknown reset options {sorted(options)}; known: 'reset_mask'")
+        check_keys(options, ("reset_mask",), "Game2048VectorEnv.reset")
         if mask.shape != (self.num_envs,):
             raise ValueError(f"reset_mask must have shape ({self.num_envs},)")
         if seed is None:

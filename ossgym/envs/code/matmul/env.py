@@ -7,10 +7,11 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from ossgym.envs.code.base import CodeEnv, CodeTask, TaskConfig, check_seconds
+from ossgym.envs.code.base import CodeEnv, CodeTask, TaskConfig
 from ossgym.envs.code.matmul.judge import DEFAULT_RTOL, MatmulDriver, PairedBaseline, correctness_cases
 from ossgym.envs.code.matmul.references import NAIVE_SOURCE
 from ossgym.errors import ConfigError
+from ossgym.options import option, redefault
 from ossgym.sandbox import Outcome, SandboxResult
 
 
@@ -19,41 +20,26 @@ class MatmulConfig(TaskConfig):
     """Options of GptOssMatmul-v0 (defaults in the table of :class:`GptOssMatmulEnv`); shared ones in TaskConfig."""
 
     #: a matmul evaluation takes well under a second of CPU: a stuck worker is ended sooner than a 2048 one
-    liveness_wall_s: float = 30.0
-    case_max_dim: int = 12
-    speed_shape: tuple[int, int, int] = (48, 48, 48)
-    speed_trials: int = 7
-    rtol: float = DEFAULT_RTOL
-    call_time_limit_s: float = 0.1
-    time_budget_s: float = 3.0
-    correct_weight: float = 1.0
-    speed_weight: float = 1.0
-    speed_min_log2: float = -1.5
-    speed_max_log2: float = 4.0
+    liveness_wall_s: float = redefault(TaskConfig, "liveness_wall_s", 30.0)
+    case_max_dim: int = option(12, "largest dimension of the correctness cases", min=3, max=64)
+    speed_shape: tuple[int, int, int] = option((48, 48, 48), "(n, k, m) of the speed trials", item=int, min=1,
+                                               max=256)
+    speed_trials: int = option(7, "timed trials", min=1, max=101)
+    rtol: float = option(DEFAULT_RTOL, "relative error allowed (of k * max|A| * max|B|)", min=0.0, min_open=True,
+                         max=1e-3, max_open=True)
+    call_time_limit_s: float = option(0.1, "CPU seconds per call of matmul", min=0.0, min_open=True, max=3600.0)
+    time_budget_s: float = option(3.0, "CPU seconds of the whole evaluation (it must leave time for the checks)",
+                                  min=0.2, min_open=True, max=3600.0)
+    correct_weight: float = option(1.0, "weight of the correctness component", min=0.0, min_open=True)
+    speed_weight: float = option(1.0, "weight of the speed component", min=0.0)
+    speed_min_log2: float = option(-1.5, "log2 speedup at which the speed reward is clipped below")
+    speed_max_log2: float = option(4.0, "log2 speedup at which the speed reward is clipped above")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if type(self.case_max_dim) is not int or not 3 <= self.case_max_dim <= 64:
-            raise ConfigError("case_max_dim", f"must be an int in 3..64, got {self.case_max_dim!r}", "Pass case_max_dim=12.")
-        shape = self.speed_shape
-        if (type(shape) not in (tuple, list) or len(shape) != 3
-                or not all(type(v) is int and 1 <= v <= 256 for v in shape)):
-            raise ConfigError("speed_shape", f"must be (n, k, m), ints in 1..256, got {shape!r}", "Pass speed_shape=(48, 48, 48).")
-        object.__setattr__(self, "speed_shape", tuple(shape))
-        if type(self.speed_trials) is not int or not 1 <= self.speed_trials <= 101:
-            raise ConfigError("speed_trials", f"must be an int in 1..101, got {self.speed_trials!r}", "Pass speed_trials=7.")
-        if type(self.rtol) is not float or not 0.0 < self.rtol < 1e-3:
-            raise ConfigError("rtol", f"must be a float in (0, 1e-3), got {self.rtol!r}", "Pass rtol=1e-9.")
-        check_seconds(self, "call_time_limit_s", "time_budget_s")
-        if self.time_budget_s <= 0.2:
-            raise ConfigError("time_budget_s", "must leave time to run the checks (> 0.2 s)", "Pass time_budget_s=3.0.")
-        for name in ("correct_weight", "speed_weight", "speed_min_log2", "speed_max_log2"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise ConfigError(name, f"must be a finite number, got {v!r}", "See the options table of GptOssMatmulEnv.")
-        if self.correct_weight <= 0 or self.speed_weight < 0:
-            raise ConfigError("correct_weight" if self.correct_weight <= 0 else "speed_weight",
-                              "must be > 0 (correct_weight) and >= 0 (speed_weight)", "Pass 1.0.")
+        if len(self.speed_shape) != 3:
+            raise ConfigError("speed_shape", f"must be (n, k, m), ints in 1..256, got {self.speed_shape!r}",
+                              "Pass speed_shape=(48, 48, 48).")
         if not self.speed_min_log2 < self.speed_max_log2:
             raise ConfigError("speed_min_log2", f"must be below speed_max_log2 ({self.speed_max_log2!r})", "Pass -1.5 and 4.0.")
         if self.speed_weight * -self.speed_min_log2 >= 2 * self.correct_weight:
@@ -181,7 +167,9 @@ class MatmulTask(CodeTask):
 class GptOssMatmulEnv(CodeEnv):
     """GptOssMatmul-v0: the model writes a pure-Python ``matmul(A, B)``, rewarded for being correct, then fast.
 
-    **Observation**: the task prompt (``str``); ``info["messages"]`` holds it as system + user messages.
+    **Observation**: the task prompt (``str``); ``info["messages"]`` holds it as system + user messages
+    (with ``max_turns > 1``, then each earlier attempt's answer as an assistant turn and its feedback as a
+    user turn).
     **Action**: the completion text (any ``str``); only the final channel's last ``python`` block that
     defines ``matmul`` counts.
 

@@ -6,11 +6,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ossgym.envs.code.base import CodeEnv, CodeTask, TaskConfig, check_seconds
+from ossgym.envs.code.base import CodeEnv, CodeTask, TaskConfig
 from ossgym.envs.code.strategy2048.judge import FAILED_ENDS, GamesDriver, game_seeds
 from ossgym.envs.game2048.engine import MAX_EXPONENT, MAX_SIZE, MIN_SIZE
 from ossgym.errors import ConfigError
+from ossgym.options import option, redefault
 from ossgym.sandbox import DEFAULT_IMPORTS, Outcome, SandboxResult
+
+_SECONDS = dict(min=0.0, min_open=True, max=3600.0)  # CPU seconds: > 0 and at most an hour
 
 
 @dataclass(frozen=True)
@@ -19,33 +22,25 @@ class Strategy2048Config(TaskConfig):
 
     #: the shared default plus ``time``, so a strategy can budget its search (the sandbox serves it a
     #: read-only clock)
-    allowed_imports: frozenset[str] = DEFAULT_IMPORTS | {"time"}
-    size: int = 4
-    target: int = 2048
-    num_games: int = 8
-    move_time_limit_s: float = 0.05
-    move_budget_s: float = 0.01
-    time_budget_s: float = 2.0
-    max_moves: int = 5000
-    max_stalled_moves: int = 20
-    tile_weight: float = 1.0
-    score_weight: float = 1.0
-    win_weight: float = 2.0
-    failure_weight: float = 1.0
+    allowed_imports: frozenset[str] = redefault(TaskConfig, "allowed_imports", DEFAULT_IMPORTS | {"time"})
+    size: int = option(4, "board size", min=MIN_SIZE, max=MAX_SIZE)
+    target: int = option(2048, "the winning tile (a power of two)", min=8, max=2**MAX_EXPONENT)
+    num_games: int = option(8, "games per evaluation", min=1, max=100_000)
+    move_time_limit_s: float = option(0.05, "CPU seconds per call of strategy (caller-measured)", **_SECONDS)
+    move_budget_s: float = option(0.01, "mean CPU seconds per move the total budget grows by", **_SECONDS)
+    time_budget_s: float = option(2.0, "CPU seconds of every evaluation on top (loading, warm-up)", **_SECONDS)
+    max_moves: int = option(5000, "moves per game at most", min=1, max=100_000)
+    max_stalled_moves: int = option(20, "consecutive moves that change nothing before a game ends", min=0)
+    tile_weight: float = option(1.0, "weight of the tile component", min=0.0)
+    score_weight: float = option(1.0, "weight of the score component", min=0.0)
+    win_weight: float = option(2.0, "weight of the win component", min=0.0)
+    failure_weight: float = option(1.0, "weight of the failures component", min=0.0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if type(self.size) is not int or not MIN_SIZE <= self.size <= MAX_SIZE:
-            raise ConfigError("size", f"must be an int in {MIN_SIZE}..{MAX_SIZE}, got {self.size!r}", "Pass size=4.")
         t = self.target
-        if type(t) is not int or t < 8 or t & (t - 1) or t > 2**MAX_EXPONENT:
+        if t & (t - 1):
             raise ConfigError("target", f"must be a power of two in 8..{2**MAX_EXPONENT}, got {t!r}", "Pass target=2048.")
-        for name in ("num_games", "max_moves"):
-            if type(getattr(self, name)) is not int or not 1 <= getattr(self, name) <= 100_000:
-                raise ConfigError(name, f"must be an int in 1..100000, got {getattr(self, name)!r}", f"Pass e.g. {name}=8.")
-        if type(self.max_stalled_moves) is not int or self.max_stalled_moves < 0:
-            raise ConfigError("max_stalled_moves", f"must be an int >= 0, got {self.max_stalled_moves!r}", "Pass 20.")
-        check_seconds(self, "move_time_limit_s", "move_budget_s", "time_budget_s")
         if self.move_budget_s > self.move_time_limit_s:
             raise ConfigError("move_budget_s", "the mean per-move budget cannot exceed the per-move limit",
                               "Pass e.g. move_time_limit_s=0.05, move_budget_s=0.01.")
@@ -158,7 +153,9 @@ class Strategy2048Task(CodeTask):
 class GptOss2048Env(CodeEnv):
     """GptOss2048-v0: the model writes ``strategy(board)`` and is rewarded for how well it plays 2048.
 
-    **Observation**: the task prompt (``str``); ``info["messages"]`` holds it as system + user messages.
+    **Observation**: the task prompt (``str``); ``info["messages"]`` holds it as system + user messages
+    (with ``max_turns > 1``, then each earlier attempt's answer as an assistant turn and its feedback as a
+    user turn).
     **Action**: the completion text (any ``str``); only the final channel's last ``python`` block that
     defines ``strategy`` counts.
 
