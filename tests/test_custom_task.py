@@ -3,7 +3,6 @@
 import gymnasium as gym
 
 from custom_sorting import SortEnv
-from session_fake import LocalPool
 from ossgym.envs.code.references import as_completion
 
 GOOD = "def sort_numbers(xs):\n    out = list(xs)\n    out.sort()\n    return out\n"
@@ -11,10 +10,10 @@ WRONG = "def sort_numbers(xs):\n    return list(xs)\n"
 
 
 def pool():
-    """The real sandbox pool once its Session API is there; the in-process stand-in before."""
+    """The real sandbox pool: the guide's task runs its handler in a worker, as a user's would."""
     from ossgym.sandbox import SandboxPool
 
-    return SandboxPool(1) if hasattr(SandboxPool, "run_batch") else LocalPool()
+    return SandboxPool(1)
 
 
 def test_custom_task_scores_good_and_wrong_answers():
