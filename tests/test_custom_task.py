@@ -1,9 +1,11 @@
-"""The custom task of docs/custom_tasks.md (tests/custom_sorting/, written from the guide) runs as an env."""
+"""The custom task of docs/custom_tasks.md (tests/custom_sorting/, written from the guide) runs as an env: scored
+in a real worker, and registered with gymnasium (made there on the in-process stand-in: nothing is scored)."""
 
 import gymnasium as gym
 
 from custom_sorting import SortEnv
 from ossgym.envs.code.references import as_completion
+from session_fake import LocalPool
 
 GOOD = "def sort_numbers(xs):\n    out = list(xs)\n    out.sort()\n    return out\n"
 WRONG = "def sort_numbers(xs):\n    return list(xs)\n"
