@@ -128,7 +128,24 @@ def run_training(
     ``grpo_overrides`` set other ``trl.GRPOConfig`` fields; ``notes`` go into the report; ``callbacks`` are
     extra ``transformers.TrainerCallback`` objects. The plot and report are rewritten after every step and
     when the run is interrupted; at the end ``agent`` holds the trained model (merged when ``export_merged``).
+    Scoring (``config.scoring``) uses one pool for the whole run, closed when the run ends, however it ends.
     """
+    start = time.perf_counter()
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    env = EnvRewards(config.env_id, config.env_kwargs, config.reasoning_effort, scoring=config.scoring,
+                     ray_address=config.ray_address)
+    try:
+        return _train(config, env, start, output_dir, agent, prompt_fn, export_merged, progress, notes, callbacks,
+                      grpo_overrides)
+    finally:
+        env.close()
+
+
+def _train(config: GRPORunConfig, env: EnvRewards, start: float, output_dir: Path, agent: "GptOssAgent | None",
+           prompt_fn: Callable[[int], list[dict]] | None, export_merged: bool, progress: bool, notes: Sequence[str],
+           callbacks: Sequence[Any], grpo_overrides: dict[str, Any]) -> TrainResult:
+    """The body of :func:`run_training`, given the env it scores through."""
     import os
     import warnings
 
@@ -138,10 +155,6 @@ def run_training(
     from transformers import PrinterCallback, ProgressCallback
     from trl import GRPOTrainer
 
-    start = time.perf_counter()
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    env = EnvRewards(config.env_id, config.env_kwargs, config.reasoning_effort)
     agent = agent if agent is not None else load_agent(config)
     base = base_model(agent.model)
     attn = config.attn_implementation
