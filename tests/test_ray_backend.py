@@ -247,6 +247,7 @@ def test_env_rewards_on_ray_match_local_for_the_2048_references(pools):
     with EnvRewards("GptOss2048-v0", options, scoring="ray") as on_ray:
         pool = on_ray.pool
         assert isinstance(pool, RayPool) and os.getpid() not in {i["pid"] for i in pool.info()}
+        assert (pool.actors, pool.workers_per_actor) == (1, 2)  # sized from Ray's free CPUs: 4 - the module's 2
         assert on_ray.scorer(completions, seeds) == expected
         funcs = on_ray.reward_funcs()
         got = {f.__name__: f(prompts=[[]] * 5, completions=completions, seed=seeds) for f in funcs}
@@ -284,6 +285,8 @@ class _AgentThatStops:
 
 
 def test_run_training_closes_its_ray_pool_when_the_run_stops(pools, monkeypatch, tmp_path):
+    """Rank 1 of a 2-process run (WORLD_SIZE=2) on the cluster at "auto" (here: the module's Ray, already
+    running in this process) takes half the cluster's CPUs for its pool, and closes it when the run stops."""
     from ossgym.training import GRPORunConfig, run as run_module
 
     built = []
@@ -294,10 +297,13 @@ def test_run_training_closes_its_ray_pool_when_the_run_stops(pools, monkeypatch,
             built.append(self)
 
     monkeypatch.setattr(run_module, "EnvRewards", Recorded)
-    config = GRPORunConfig(env_kwargs={"num_games": 1}, scoring="ray", output_dir=str(tmp_path), steps=1,
-                           group_size=2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    config = GRPORunConfig(env_kwargs={"num_games": 1}, scoring="ray", ray_address="auto", output_dir=str(tmp_path),
+                           steps=1, group_size=2)
     with pytest.raises(KeyboardInterrupt):
         run_module.run_training(config, agent=_AgentThatStops())
     (env,) = built
     assert env.scoring == "ray" and isinstance(env.pool, RayPool) and env.pool._closed
+    assert (env.pool.actors, env.pool.workers_per_actor) == (1, 2)  # the module's 4 CPUs // 2 ranks
     assert ray.is_initialized()  # the run found Ray running (the module's): it leaves it running

@@ -66,6 +66,18 @@ def test_local_scoring_never_imports_ray():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_ray_scoring_in_a_multi_process_run_needs_an_address(monkeypatch, tmp_path):
+    """N ranks would each start a local Ray instance claiming every core: refused before anything starts."""
+    import ossgym.training.run as run_module
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "run"
+    config = GRPORunConfig(env_kwargs={"num_games": 1}, scoring="ray", output_dir=str(out), steps=1, group_size=2)
+    with pytest.raises(ConfigError, match="^ray_address: is needed for scoring='ray' in a run of 2 processes"):
+        run_module.run_training(config)
+    assert not out.exists()
+
+
 class _AgentThatFails:
     @property
     def model(self):

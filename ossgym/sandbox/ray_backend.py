@@ -137,6 +137,8 @@ class RayPool:
     out, they are sized from the CPUs Ray has free when the pool starts (F): ``workers_per_actor`` = F //
     ``actors``, or min(F, 8) when ``actors`` is left out too (several driver processes per node: see
     docs/scaling.md), and ``actors`` = F // ``workers_per_actor``; so the free cores of a cluster are used.
+    ``ranks=N`` says the pool is one of N alike (one per process of a data-parallel run, each scoring its
+    own completions): F is then the cluster's CPUs // N, the same for every rank whenever it starts.
     ``max_in_flight`` caps evaluations in flight over all actors (default: all slots). ``address`` is a Ray
     cluster address (``"auto"``, ``"ray://host:10001"``); with None and no Ray running in this process, a
     local Ray instance is started (``num_cpus`` CPUs; this pool shuts it down on ``close``).
@@ -153,9 +155,9 @@ class RayPool:
                  actor_cpus: float | None = None, max_in_flight: int | None = None, address: str | None = None,
                  num_cpus: int | None = None, runtime_env: dict | None = None, max_attempts: int = 2,
                  max_replacements: int | None = None, spread: bool = False, stuck_after_s: float = 300.0,
-                 **pool_options: Any) -> None:
+                 ranks: int = 1, **pool_options: Any) -> None:
         for name, value, example in (("actors", actors, 2), ("workers_per_actor", workers_per_actor, 8),
-                                     ("max_in_flight", max_in_flight, 16)):
+                                     ("max_in_flight", max_in_flight, 16), ("ranks", ranks, 4)):
             if value is not None and (type(value) is not int or value < 1):
                 raise ConfigError(name, f"{value!r} is not a positive int", f"use e.g. {example}, or leave it out")
         if type(max_attempts) is not int or max_attempts < 1:
@@ -184,7 +186,10 @@ class RayPool:
             else:
                 ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
         if actors is None or workers_per_actor is None:
-            free = max(1, int(ray.available_resources().get("CPU", 1)))
+            if ranks == 1:
+                free = max(1, int(ray.available_resources().get("CPU", 1)))
+            else:
+                free = max(1, int(ray.cluster_resources().get("CPU", 1)) // ranks)
             if workers_per_actor is None:
                 workers_per_actor = max(1, free // actors) if actors else min(free, 8)
             if actors is None:

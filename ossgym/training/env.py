@@ -81,7 +81,8 @@ class EnvRewards:
     """An ossgym code env seen by GRPO: its scorer, component names, row prompts and dataset.
 
     ``scoring``: ``"local"`` (this process's sandbox pool) or ``"ray"`` (a RayPool built here, at
-    ``ray_address`` or on a local Ray instance); close it when done (:meth:`close`, or ``with``).
+    ``ray_address`` or on a local Ray instance; ``ray_options`` go to it, e.g. ``{"actors": 8}``); close it
+    when done (:meth:`close`, or ``with``).
     """
 
     env_id: str
@@ -89,12 +90,13 @@ class EnvRewards:
     reasoning_effort: str = "low"
     scoring: str = "local"
     ray_address: str | None = None
+    ray_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from ossgym.sandbox.ray_backend import scoring_pool
 
         check_env_id(self.env_id)  # a bad id fails before a RayPool starts
-        self.pool = scoring_pool(self.scoring, ray_address=self.ray_address)
+        self.pool = scoring_pool(self.scoring, ray_address=self.ray_address, **self.ray_options)
         try:
             self.env = make_code_env(self.env_id, self.env_kwargs, self.reasoning_effort, pool=self.pool)
         except BaseException:
