@@ -1,6 +1,9 @@
-"""The Ray scoring backend (ossgym.sandbox.ray_backend.RayPool) on a local Ray instance with 2 CPUs.
+"""The Ray scoring backend (ossgym.sandbox.ray_backend.RayPool) on a local Ray instance, and its use in training
+(EnvRewards(scoring="ray"), score_batch(scoring="ray"), run_training with config.scoring="ray").
 
-One Ray instance and one RayPool (2 actors x 1 sandbox slot) for the whole module: Ray start-up is heavy.
+One Ray instance for the whole module (Ray start-up is heavy), started by the module's RayPool (2 actors x 1
+sandbox slot), which owns it and shuts it down; it has 4 logical CPUs, so the tests' other RayPools (2 slots)
+fit beside it. Those find Ray running, so they must leave it running when they close.
 """
 
 import os
@@ -19,6 +22,7 @@ from ossgym.envs.code.references import as_completion  # noqa: E402
 from ossgym.envs.code.strategy2048.references import REFERENCES_2048  # noqa: E402
 from ossgym.sandbox import Outcome, SandboxPool  # noqa: E402
 from ossgym.sandbox.ray_backend import RayPool  # noqa: E402
+from ossgym.training.env import EnvRewards  # noqa: E402
 
 SORT_SOURCE = "def sort_numbers(xs):\n    return sorted(xs)\n"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -26,17 +30,22 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 @pytest.fixture(scope="module")
 def pools():
+    assert not ray.is_initialized()
     root = os.path.dirname(HERE)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([root, HERE])}})
     local = SandboxPool(2)
-    remote = RayPool(actors=2, workers_per_actor=1, max_attempts=2)
+    remote = RayPool(actors=2, workers_per_actor=1, max_attempts=2, num_cpus=4,
+                     runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([root, HERE])}})
+    remote.info()  # both actors placed: the CPUs Ray reports free from now on leave them out
     try:
         yield local, remote
     finally:
-        remote.close()
-        local.close()
-        ray.shutdown()
+        try:
+            remote.close()
+            assert not ray.is_initialized(), "the pool that started Ray did not shut it down"
+        finally:
+            local.close()
+            if ray.is_initialized():
+                ray.shutdown()
 
 
 @dataclass
@@ -170,11 +179,131 @@ def test_unpicklable_driver_is_a_config_error(pools):
 
 def test_scoring_pool_option():
     from ossgym.errors import ConfigError
-    from ossgym.sandbox import default_pool
     from ossgym.sandbox.ray_backend import scoring_pool
 
-    assert scoring_pool("local") is default_pool()
+    assert scoring_pool("local") is None  # pool=None: the process's default pool
     with pytest.raises(ConfigError, match="not one of"):
         scoring_pool("dask")
     with pytest.raises(ConfigError, match="need scoring='ray'"):
         scoring_pool("local", ray_address="auto")
+
+
+def test_batch_much_larger_than_the_cap_is_submitted_within_it(pools, monkeypatch):
+    """16 jobs at max_in_flight=1: counted at Ray's own calls (each ``actor.run.remote`` submitted, each ref
+    ``ray.wait`` handed back), never more than one evaluation is outstanding, and every job is scored."""
+    _, remote = pools
+    submitted, answered, outstanding = set(), set(), []
+
+    class Run:
+        def __init__(self, method):
+            self.method = method
+
+        def remote(self, *args):
+            ref = self.method.remote(*args)
+            submitted.add(ref)
+            outstanding.append(len(submitted - answered))
+            return ref
+
+    class Handle:
+        def __init__(self, handle):
+            self.handle, self.run = handle, Run(handle.run)
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+    real_wait = ray.wait
+
+    def wait(refs, **kwargs):
+        ready, rest = real_wait(refs, **kwargs)
+        answered.update(ready)
+        return ready, rest
+
+    monkeypatch.setattr(ray, "wait", wait)
+    for slot in remote._slots:
+        monkeypatch.setattr(slot, "handle", Handle(slot.handle))
+    monkeypatch.setattr(remote, "max_in_flight", 1)
+    task = SortTask(SortConfig()).sandbox_task(1)
+    drivers = [SortDriver(s) for s in range(16)]
+    results = remote.run_batch([(SORT_SOURCE, task, d) for d in drivers])
+    assert [r.outcome for r in results] == [Outcome.OK] * 16
+    assert all(d.passed == d.cases for d in drivers)
+    assert len(submitted) == 16 and max(outstanding) == 1
+
+
+def _components(results):
+    return [dict(r.components) for r in results]
+
+
+def test_env_rewards_on_ray_match_local_for_the_2048_references(pools):
+    """EnvRewards(scoring="ray") and score_batch(scoring="ray") give GptOss2048-v0's reference completions
+    (one group of one seed, another seed, a completion without code) exactly the local rewards."""
+    refs = [as_completion(REFERENCES_2048[name]) for name in ("constant_w", "greedy_merge", "corner")]
+    completions, seeds = refs + [refs[1], "no code here"], [11, 11, 11, 12, 11]
+    options = {"num_games": 2, "max_moves": 60}
+    local = EnvRewards("GptOss2048-v0", options)
+    assert local.pool is None
+    expected = local.scorer(completions, seeds)
+    assert len({e["score"] for e in expected[:3]}) == 3  # the references differ, so equality means something
+    with EnvRewards("GptOss2048-v0", options, scoring="ray") as on_ray:
+        pool = on_ray.pool
+        assert isinstance(pool, RayPool) and os.getpid() not in {i["pid"] for i in pool.info()}
+        assert (pool.actors, pool.workers_per_actor) == (1, 2)  # sized from Ray's free CPUs: 4 - the module's 2
+        assert on_ray.scorer(completions, seeds) == expected
+        funcs = on_ray.reward_funcs()
+        got = {f.__name__: f(prompts=[[]] * 5, completions=completions, seed=seeds) for f in funcs}
+        assert got == {name: [e[name] for e in expected] for name in on_ray.component_names}
+        assert pool.peak_in_flight >= 1
+    assert pool._closed and ray.is_initialized()  # closed; Ray (not its to stop) still running
+    task = local.env.task
+    assert _components(score_batch(task, completions, seeds, scoring="ray")) == expected
+
+
+def test_env_rewards_on_ray_match_local_for_the_matmul_references(pools):
+    """GptOssMatmul-v0 references: every component but the measured speed is identical on Ray; a wrong
+    completion's speed (the floor: no timing) is identical too, a correct one's is a measured ratio."""
+    from ossgym.envs.code.matmul.references import MATMUL_CORRECT, MATMUL_INCORRECT
+
+    completions = [as_completion(MATMUL_CORRECT["zip"]), as_completion(MATMUL_CORRECT["naive"]),
+                   as_completion(MATMUL_INCORRECT["off_by_one"])]
+    seeds = [3, 3, 3]
+    options = {"speed_trials": 2}
+    expected = EnvRewards("GptOssMatmul-v0", options).scorer(completions, seeds)
+    with EnvRewards("GptOssMatmul-v0", options, scoring="ray") as on_ray:
+        got = on_ray.scorer(completions, seeds)
+    without_speed = [{k: v for k, v in c.items() if k != "speed"} for c in got]
+    assert without_speed == [{k: v for k, v in c.items() if k != "speed"} for c in expected]
+    assert expected[2]["correctness"] < expected[0]["correctness"] == expected[1]["correctness"]
+    assert got[2]["speed"] == expected[2]["speed"]
+
+
+class _AgentThatStops:
+    """Stands in for the agent: the run stops (Ctrl-C) at the first thing it asks of it."""
+
+    @property
+    def model(self):
+        raise KeyboardInterrupt
+
+
+def test_run_training_closes_its_ray_pool_when_the_run_stops(pools, monkeypatch, tmp_path):
+    """Rank 1 of a 2-process run (WORLD_SIZE=2) on the cluster at "auto" (here: the module's Ray, already
+    running in this process) takes half the cluster's CPUs for its pool, and closes it when the run stops."""
+    from ossgym.training import GRPORunConfig, run as run_module
+
+    built = []
+
+    class Recorded(EnvRewards):
+        def __post_init__(self):
+            super().__post_init__()
+            built.append(self)
+
+    monkeypatch.setattr(run_module, "EnvRewards", Recorded)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    config = GRPORunConfig(env_kwargs={"num_games": 1}, scoring="ray", ray_address="auto", output_dir=str(tmp_path),
+                           steps=1, group_size=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_module.run_training(config, agent=_AgentThatStops())
+    (env,) = built
+    assert env.scoring == "ray" and isinstance(env.pool, RayPool) and env.pool._closed
+    assert (env.pool.actors, env.pool.workers_per_actor) == (1, 2)  # the module's 4 CPUs // 2 ranks
+    assert ray.is_initialized()  # the run found Ray running (the module's): it leaves it running

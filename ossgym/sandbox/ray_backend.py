@@ -6,7 +6,10 @@ scoring contract of ``SandboxPool`` (``run_batch(jobs) -> list[SandboxResult]``,
     from ossgym.sandbox.ray_backend import RayPool
     with RayPool(actors=2, workers_per_actor=1) as pool:        # no address: starts a local Ray instance
         env = gymnasium.make("GptOss2048-v0", pool=pool)
-        rewards = EnvRewards("GptOss2048-v0", pool=pool)          # (training) the same pool object
+        scorer = EnvScorer("GptOss2048-v0", pool=pool)            # (training) the same pool object
+
+or by the ``scoring=`` option: ``score_batch(..., scoring="ray")``, ``EnvRewards(env_id, scoring="ray",
+ray_address=None)``, ``ossgym train --scoring ray [--ray-address ADDR]`` (:func:`scoring_pool` makes the pool).
 
 How a job runs. A job is ``(source, task, driver)``; the driver is a caller-side object holding the
 evaluation's state (games, generators, inputs, expected outputs), all derived from the evaluation seed in the
@@ -57,7 +60,8 @@ def _ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise SandboxError("scoring='ray' needs Ray: pip install 'ossgym[ray]' (or pip install ray)") from None
+        raise ConfigError("scoring", "'ray' needs Ray, which is not installed",
+                          "pip install 'ossgym[ray]' (or pip install ray), or use scoring='local'") from None
     return ray
 
 
@@ -129,7 +133,12 @@ class RayPool:
     """The caller-driven scoring contract of SandboxPool (``run_batch``/``run``/``close``) on Ray actors.
 
     ``actors`` actors each hold a ``SandboxPool(workers_per_actor)`` and reserve ``actor_cpus`` CPUs
-    (default ``workers_per_actor``: one core per sandbox slot, so Ray places actors by free cores).
+    (default ``workers_per_actor``: one core per sandbox slot, so Ray places actors by free cores). Left
+    out, they are sized from the CPUs Ray has free when the pool starts (F): ``workers_per_actor`` = F //
+    ``actors``, or min(F, 8) when ``actors`` is left out too (several driver processes per node: see
+    docs/scaling.md), and ``actors`` = F // ``workers_per_actor``; so the free cores of a cluster are used.
+    ``ranks=N`` says the pool is one of N alike (one per process of a data-parallel run, each scoring its
+    own completions): F is then the cluster's CPUs // N, the same for every rank whenever it starts.
     ``max_in_flight`` caps evaluations in flight over all actors (default: all slots). ``address`` is a Ray
     cluster address (``"auto"``, ``"ray://host:10001"``); with None and no Ray running in this process, a
     local Ray instance is started (``num_cpus`` CPUs; this pool shuts it down on ``close``).
@@ -142,33 +151,23 @@ class RayPool:
     placed, a hung node) has its actor killed, which re-runs it like any actor death: a batch never hangs.
     """
 
-    def __init__(self, actors: int = 1, *, workers_per_actor: int | None = None, actor_cpus: float | None = None,
-                 max_in_flight: int | None = None, address: str | None = None, num_cpus: int | None = None,
-                 runtime_env: dict | None = None, max_attempts: int = 2, max_replacements: int | None = None,
-                 spread: bool = False, stuck_after_s: float = 300.0, **pool_options: Any) -> None:
-        if type(actors) is not int or actors < 1:
-            raise ConfigError("actors", f"{actors!r} is not a positive int", "use e.g. 2 (one per node)")
-        if workers_per_actor is None:
-            workers_per_actor = max(1, len(os.sched_getaffinity(0)) // actors)
-        if type(workers_per_actor) is not int or workers_per_actor < 1:
-            raise ConfigError("workers_per_actor", f"{workers_per_actor!r} is not a positive int", "use e.g. 64")
+    def __init__(self, actors: int | None = None, *, workers_per_actor: int | None = None,
+                 actor_cpus: float | None = None, max_in_flight: int | None = None, address: str | None = None,
+                 num_cpus: int | None = None, runtime_env: dict | None = None, max_attempts: int = 2,
+                 max_replacements: int | None = None, spread: bool = False, stuck_after_s: float = 300.0,
+                 ranks: int = 1, **pool_options: Any) -> None:
+        for name, value, example in (("actors", actors, 2), ("workers_per_actor", workers_per_actor, 8),
+                                     ("max_in_flight", max_in_flight, 16), ("ranks", ranks, 4)):
+            if value is not None and (type(value) is not int or value < 1):
+                raise ConfigError(name, f"{value!r} is not a positive int", f"use e.g. {example}, or leave it out")
         if type(max_attempts) is not int or max_attempts < 1:
             raise ConfigError("max_attempts", f"{max_attempts!r} is not a positive int", "use e.g. 2")
-        slots = actors * workers_per_actor
-        if max_in_flight is None:
-            max_in_flight = slots
-        if type(max_in_flight) is not int or max_in_flight < 1:
-            raise ConfigError("max_in_flight", f"{max_in_flight!r} is not a positive int", f"use e.g. {slots}")
         bad = set(pool_options) - {"require_isolation", "compromised_for_tests"}
         if bad:
             raise ConfigError("pool_options", f"unknown SandboxPool options {sorted(bad)}",
                               "use require_isolation= or compromised_for_tests=")
         ray = _ray()
-        self.workers = slots  # the number of evaluations that can run at once (SandboxPool's meaning)
-        self.actors, self.workers_per_actor, self.max_attempts = actors, workers_per_actor, max_attempts
-        self.max_in_flight = max_in_flight
         self.stuck_after_s = float(stuck_after_s)
-        self.max_replacements = 4 * actors if max_replacements is None else max_replacements
         self.replacements = 0
         self.retries = 0
         self.peak_in_flight = 0
@@ -186,6 +185,19 @@ class RayPool:
                 self._owns_ray = True
             else:
                 ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+        if actors is None or workers_per_actor is None:
+            if ranks == 1:
+                free = max(1, int(ray.available_resources().get("CPU", 1)))
+            else:
+                free = max(1, int(ray.cluster_resources().get("CPU", 1)) // ranks)
+            if workers_per_actor is None:
+                workers_per_actor = max(1, free // actors) if actors else min(free, 8)
+            if actors is None:
+                actors = max(1, free // workers_per_actor)
+        self.workers = actors * workers_per_actor  # evaluations that can run at once (SandboxPool's meaning)
+        self.actors, self.workers_per_actor, self.max_attempts = actors, workers_per_actor, max_attempts
+        self.max_in_flight = self.workers if max_in_flight is None else max_in_flight
+        self.max_replacements = 4 * actors if max_replacements is None else max_replacements
         self._actor_cls = ray.remote(_ScoringActor).options(
             num_cpus=workers_per_actor if actor_cpus is None else actor_cpus,
             max_concurrency=workers_per_actor, max_restarts=0, max_task_retries=0,
@@ -361,17 +373,16 @@ def _crashed(message: str, attempts: int) -> SandboxResult:
     return SandboxResult(Outcome.CRASHED, None, message, metadata={"ray_retries": attempts})
 
 
-def scoring_pool(scoring: str = "local", *, ray_address: str | None = None, **options: Any) -> Any:
-    """The pool for a ``scoring=`` option: ``"local"`` -> the process's default SandboxPool (shared, closed at
-    exit; ``options`` must be empty), ``"ray"`` -> a new :class:`RayPool` (``ray_address``: a cluster, or None
-    for a local Ray instance; ``options`` go to RayPool). Pass the result as ``pool=`` to an env,
-    ``score_batch`` or ``EnvRewards``; close a RayPool when done."""
+def scoring_pool(scoring: str = "local", *, ray_address: str | None = None, **options: Any) -> RayPool | None:
+    """The pool for a ``scoring=`` option: ``"local"`` -> None (the process's default SandboxPool, which every
+    ``pool=None`` uses; ``ray_address`` and ``options`` must be left out), ``"ray"`` -> a new :class:`RayPool`
+    (``ray_address``: a cluster, e.g. ``"auto"``, or None for a local Ray instance; ``options`` go to RayPool).
+    Pass the result as ``pool=`` to an env, ``score_batch`` or ``EnvScorer``; close a RayPool when done."""
     if scoring == "local":
         if ray_address is not None or options:
-            raise ConfigError("scoring", "ray_address and Ray options need scoring='ray'", "pass scoring='ray'")
-        from ossgym.sandbox.pool import default_pool
-
-        return default_pool()
+            raise ConfigError("scoring", "ray_address and Ray options need scoring='ray'",
+                              "pass scoring='ray', or leave ray_address out")
+        return None
     if scoring == "ray":
         return RayPool(address=ray_address, **options)
     raise ConfigError("scoring", f"{scoring!r} is not one of {SCORING_BACKENDS}", "use 'local' or 'ray'")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ossgym.errors import ConfigError
 from ossgym.harmony import REASONING_EFFORTS
 from ossgym.options import check_options, option
+from ossgym.sandbox.ray_backend import SCORING_BACKENDS
 
 if TYPE_CHECKING:  # torch is imported where it is used, so the ``ossgym train`` parser stays light
     import torch
@@ -153,6 +154,10 @@ class GRPORunConfig:
                             "are always written)", choices=REPORT_TO)
     grpo: dict = option(default_factory=dict, help="other trl.GRPOConfig fields, passed through as given, e.g. "
                         "{'lr_scheduler_type': 'cosine', 'warmup_steps': 2}", cli=False)
+    scoring: str = option("local", "where completions are scored: local (this machine's sandbox pool) or ray "
+                          "(sandbox pools in Ray actors; pip install 'ossgym[ray]')", choices=SCORING_BACKENDS)
+    ray_address: str | None = option(None, "the Ray cluster to score on with --scoring ray, e.g. auto or "
+                                     "ray://head:10001 (default: start a local Ray instance)", kind=str)
 
     def __post_init__(self) -> None:
         self.lora_targets = tuple(self.lora_targets)
@@ -200,6 +205,9 @@ class GRPORunConfig:
                 f" = {self.max_prompt_length + self.max_completion_length} exceeds max_seq_len {self.max_seq_len}",
                 "Shorten one of the two lengths or raise max_seq_len (at most the model's context length).",
             )
+        if self.ray_address is not None and self.scoring != "ray":
+            raise ConfigError("ray_address", f"is {self.ray_address!r} but scoring is {self.scoring!r}",
+                              "Pass scoring='ray' (--scoring ray) as well, or leave ray_address out.")
 
     def check_prompt_length(self, num_tokens: int) -> None:
         """Raise ConfigError when a templated prompt of ``num_tokens`` tokens does not fit max_prompt_length."""

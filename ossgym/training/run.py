@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ossgym.agents.peft_utils import base_model
+from ossgym.errors import ConfigError
 from ossgym.training import distributed
 from ossgym.training.config import GRPORunConfig
 from ossgym.training.dataset import build_dataset
@@ -128,7 +129,30 @@ def run_training(
     ``grpo_overrides`` set other ``trl.GRPOConfig`` fields; ``notes`` go into the report; ``callbacks`` are
     extra ``transformers.TrainerCallback`` objects. The plot and report are rewritten after every step and
     when the run is interrupted; at the end ``agent`` holds the trained model (merged when ``export_merged``).
+    Scoring (``config.scoring``) uses one pool for the whole run, closed when the run ends, however it ends;
+    with Ray and N processes (:mod:`~ossgym.training.distributed`) each rank's pool takes 1/N of the cluster.
     """
+    start = time.perf_counter()
+    ranks = distributed.world_size() if config.scoring == "ray" else 1
+    if ranks > 1 and config.ray_address is None:
+        raise ConfigError("ray_address", f"is needed for scoring='ray' in a run of {ranks} processes (each would "
+                          "start a Ray instance of its own)", "Start one (ray start --head) and pass --ray-address "
+                          "auto.")
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    env = EnvRewards(config.env_id, config.env_kwargs, config.reasoning_effort, scoring=config.scoring,
+                     ray_address=config.ray_address, ray_options={"ranks": ranks} if ranks > 1 else {})
+    try:
+        return _train(config, env, start, output_dir, agent, prompt_fn, export_merged, progress, notes, callbacks,
+                      grpo_overrides)
+    finally:
+        env.close()
+
+
+def _train(config: GRPORunConfig, env: EnvRewards, start: float, output_dir: Path, agent: "GptOssAgent | None",
+           prompt_fn: Callable[[int], list[dict]] | None, export_merged: bool, progress: bool, notes: Sequence[str],
+           callbacks: Sequence[Any], grpo_overrides: dict[str, Any]) -> TrainResult:
+    """The body of :func:`run_training`, given the env it scores through."""
     import os
     import warnings
 
@@ -138,10 +162,6 @@ def run_training(
     from transformers import PrinterCallback, ProgressCallback
     from trl import GRPOTrainer
 
-    start = time.perf_counter()
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    env = EnvRewards(config.env_id, config.env_kwargs, config.reasoning_effort)
     agent = agent if agent is not None else load_agent(config)
     base = base_model(agent.model)
     attn = config.attn_implementation

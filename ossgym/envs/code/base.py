@@ -357,15 +357,28 @@ def score_batch(
     completions: Sequence[str],
     seeds: Sequence[int],
     pool: SandboxPool | None = None,
+    *,
+    scoring: str = "local",
+    ray_address: str | None = None,
 ) -> list[ScoreResult]:
     """Score many completions (each with its evaluation seed) in parallel through the sandbox pool.
 
     Each completion gets a fresh caller-side driver and a fresh worker; a task with a :meth:`~CodeTask.baseline`
     also gets one trusted baseline run per distinct seed, in the same batch (so under the same load).
+    ``scoring="ray"`` (instead of ``pool``) scores this batch on a RayPool started for it and closed after
+    (``ray_address``: a cluster; None: a local Ray instance); for many batches make the pool once
+    (``ossgym.sandbox.ray_backend.scoring_pool``) and pass it as ``pool``.
     """
     if len(completions) != len(seeds):
         raise ConfigError("seeds", f"got {len(seeds)} seeds for {len(completions)} completions",
                           "Pass one evaluation seed per completion.")
+    if scoring != "local" or ray_address is not None:
+        if pool is not None:
+            raise ConfigError("scoring", "is given together with pool=", "Pass pool= or scoring=, not both.")
+        from ossgym.sandbox.ray_backend import scoring_pool
+
+        with scoring_pool(scoring, ray_address=ray_address) as ray_pool:
+            return score_batch(task, completions, seeds, ray_pool)
     pool = pool or default_pool()
     results: list[ScoreResult | None] = [None] * len(completions)
     jobs: list[tuple[str, SandboxTask, Callable[[Any], Any]]] = []
