@@ -125,34 +125,34 @@ if triton is not None:
 
     @triton.jit
     def _fp4_to_float(nibble):
-        """E2M1 code (int32: sign bit 3, exponent bits 2..1, mantissa bit 0) -> float32, by building its bits
-        (exact; integer ops only): 0.5 * m for exponent 0, else 2^(e-1) * (1 + m/2)."""
+        """E2M1 code (int32) -> float32: sign bit 3, exponent bits 2..1, mantissa bit 0."""
         exp = (nibble >> 1) & 3
-        man = nibble & 1
-        bits = tl.where(exp == 0, man * (126 << 23), ((exp + 126) << 23) | (man << 22))
-        return (bits | ((nibble & 8) << 28)).to(tl.float32, bitcast=True)
+        man = (nibble & 1).to(tl.float32)
+        mag = tl.where(exp == 0, man * 0.5, (1.0 + 0.5 * man) * tl.exp2((exp - 1).to(tl.float32)))
+        return tl.where((nibble & 8) != 0, -mag, mag)
 
     @triton.jit
-    def _dequant_pair(blocks_ptr, scales_ptr, expert, out_idx, out_mask, in_start, in_features,
-                      stride_be, stride_bo, stride_se, stride_so, HALF: tl.constexpr):
-        """The even and odd input columns of a dequantized tile, each [len(out_idx), HALF]: columns
-        in_start + 2j (low nibbles) and in_start + 2j + 1 (high nibbles), j < HALF. No interleaving: the
-        callers multiply each half by the matching half of the activations."""
-        byte = in_start // 2 + tl.arange(0, HALF)
-        mask = out_mask[:, None] & (byte * 2 < in_features)[None, :]
+    def _dequant_tile(blocks_ptr, scales_ptr, expert, out_idx, out_mask, in_start, in_features,
+                      stride_be, stride_bo, stride_se, stride_so, ROWS: tl.constexpr, BLOCK_IN: tl.constexpr):
+        """Dequantized tile [len(out_idx), BLOCK_IN] (rows: output features; columns: in_start + 0..BLOCK_IN-1)."""
+        byte = in_start // 2 + tl.arange(0, BLOCK_IN // 2)
+        in_mask = byte * 2 < in_features
+        mask = out_mask[:, None] & in_mask[None, :]
         raw = tl.load(blocks_ptr + expert * stride_be + out_idx[:, None] * stride_bo + byte[None, :],
                       mask=mask, other=0).to(tl.int32)
-        s = tl.load(scales_ptr + expert * stride_se + out_idx[:, None] * stride_so + (byte // 16)[None, :],
+        group = byte // 16  # 16 bytes (32 values) per scale
+        s = tl.load(scales_ptr + expert * stride_se + out_idx[:, None] * stride_so + group[None, :],
                     mask=mask, other=127).to(tl.int32)
-        factor = (s << 23).to(tl.float32, bitcast=True)  # E8M0: 2^(s - 127) for s in 1..254
-        return _fp4_to_float(raw & 15) * factor, _fp4_to_float(raw >> 4) * factor
+        factor = tl.exp2((s - 127).to(tl.float32))
+        lo = _fp4_to_float(raw & 15) * factor
+        hi = _fp4_to_float(raw >> 4) * factor
+        return tl.reshape(tl.join(lo, hi), (ROWS, BLOCK_IN))
 
     @triton.jit
     def _mxfp4_grouped_kernel(
         x_ptr, blocks_ptr, scales_ptr, y_ptr, block_expert_ptr, block_row_ptr, seg_end_ptr,
         stride_xm, stride_ym, stride_be, stride_bo, stride_se, stride_so,
-        N: tl.constexpr, K: tl.constexpr, in_features: tl.constexpr, TRANSPOSE: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        N: tl.constexpr, K: tl.constexpr, in_features: tl.constexpr, TRANSPOSE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         """y[rows of a block] = x[rows] @ W[e].T (TRANSPOSE: @ W[e]); W[e] [out, in] dequantized tile by tile."""
         pid_m = tl.program_id(0)
@@ -164,41 +164,25 @@ if triton is not None:
         row_end = tl.where(used, tl.load(seg_end_ptr + expert), 0)
         rows = row0 + tl.arange(0, BLOCK_M)
         row_mask = rows < row_end
-        if TRANSPOSE:  # K = out features, N = in features (packed): two accumulators, even and odd columns
-            half = pid_n * BLOCK_N + 2 * tl.arange(0, BLOCK_N // 2)
-            acc_lo = tl.zeros((BLOCK_M, BLOCK_N // 2), dtype=tl.float32)
-            acc_hi = tl.zeros((BLOCK_M, BLOCK_N // 2), dtype=tl.float32)
-            if used:
-                for k0 in range(0, K, BLOCK_K):
-                    ks = k0 + tl.arange(0, BLOCK_K)
-                    k_mask = ks < K
-                    a = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :],
-                                mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-                    lo, hi = _dequant_pair(blocks_ptr, scales_ptr, expert, ks, k_mask, pid_n * BLOCK_N, in_features,
-                                           stride_be, stride_bo, stride_se, stride_so, BLOCK_N // 2)
-                    acc_lo += tl.dot(a, lo.to(a.dtype))
-                    acc_hi += tl.dot(a, hi.to(a.dtype))
-            mask = row_mask[:, None] & (half < N)[None, :]
-            out = y_ptr + rows[:, None] * stride_ym + half[None, :]
-            tl.store(out, acc_lo.to(y_ptr.dtype.element_ty), mask=mask)
-            tl.store(out + 1, acc_hi.to(y_ptr.dtype.element_ty), mask=mask)
-        else:  # K = in features (packed), N = out features: even and odd activation columns
-            cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-            col_mask = cols < N
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            if used:
-                for k0 in range(0, K, BLOCK_K):
-                    ks = k0 + 2 * tl.arange(0, BLOCK_K // 2)
-                    a_mask = row_mask[:, None] & (ks < K)[None, :]
-                    a_ptr = x_ptr + rows[:, None] * stride_xm + ks[None, :]
-                    a_lo = tl.load(a_ptr, mask=a_mask, other=0.0)
-                    a_hi = tl.load(a_ptr + 1, mask=a_mask, other=0.0)
-                    lo, hi = _dequant_pair(blocks_ptr, scales_ptr, expert, cols, col_mask, k0, in_features,
-                                           stride_be, stride_bo, stride_se, stride_so, BLOCK_K // 2)
-                    acc += tl.dot(a_lo, tl.trans(lo.to(a_lo.dtype)))
-                    acc += tl.dot(a_hi, tl.trans(hi.to(a_hi.dtype)))
-            tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], acc.to(y_ptr.dtype.element_ty),
-                     mask=row_mask[:, None] & col_mask[None, :])
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_mask = cols < N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if used:
+            for k0 in range(0, K, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                k_mask = ks < K
+                a = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=row_mask[:, None] & k_mask[None, :],
+                            other=0.0)
+                if TRANSPOSE:  # K = out features, N = in features
+                    w = _dequant_tile(blocks_ptr, scales_ptr, expert, ks, k_mask, pid_n * BLOCK_N, in_features,
+                                      stride_be, stride_bo, stride_se, stride_so, BLOCK_K, BLOCK_N)
+                    acc += tl.dot(a, w.to(a.dtype))
+                else:  # K = in features, N = out features
+                    w = _dequant_tile(blocks_ptr, scales_ptr, expert, cols, col_mask, k0, in_features,
+                                      stride_be, stride_bo, stride_se, stride_so, BLOCK_N, BLOCK_K)
+                    acc += tl.dot(a, tl.trans(w.to(a.dtype)))
+        tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=row_mask[:, None] & col_mask[None, :])
 
 
 def _block_layout(offs: torch.Tensor, rows: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor, int]:
