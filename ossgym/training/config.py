@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # torch is imported where it is used, so the ``ossgym train``
 ATTENTION_IMPLEMENTATIONS = ("auto", "eager", "flex_sinks")
 ROLLOUT_IS_MODES = ("none", "sequence_mask", "sequence_truncate", "token_mask", "token_truncate")
 GENERATION_BACKENDS = ("fast", "trl")
+EXPERT_FORMATS = ("auto", "mxfp4", "bf16")  # auto: MXFP4 for an MXFP4 checkpoint folder (agents/gptoss/mxfp4.py)
+OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit")  # the Trainer's optim; 8-bit: bitsandbytes
 
 
 def check_env_id(env_id: str) -> None:
@@ -158,6 +160,13 @@ class GRPORunConfig:
                           "(sandbox pools in Ray actors; pip install 'ossgym[ray]')", choices=SCORING_BACKENDS)
     ray_address: str | None = option(None, "the Ray cluster to score on with --scoring ray, e.g. auto or "
                                      "ray://head:10001 (default: start a local Ray instance)", kind=str)
+    experts: str = option("auto", "how the MoE experts are held: mxfp4 (4-bit blocks + scales, multiplied "
+                          "in-kernel; expert LoRA is ossgym's split LoRA), bf16 (dense), auto (mxfp4 for an MXFP4 "
+                          "checkpoint folder, else dense)", choices=EXPERT_FORMATS)
+    offload_embeddings: bool = option(False, "keep the input embedding table in CPU memory (gpt-oss: 1.08 GiB "
+                                      "less on the GPU; the rows of each batch travel)")
+    optim: str = option("adamw_torch", "optimizer of the LoRA weights (8-bit ones: bitsandbytes, CUDA only)",
+                        choices=OPTIMIZERS)
 
     def __post_init__(self) -> None:
         self.lora_targets = tuple(self.lora_targets)
@@ -289,6 +298,7 @@ class GRPORunConfig:
             logging_steps=1,
             save_strategy="steps" if self.save_steps else "no",
             save_steps=self.save_steps or 500,
+            optim=self.optim,
             report_to=self.report_to,
         )
         kwargs.update(overrides)

@@ -27,15 +27,17 @@ class AgentGenerate:
     The model is the peft-wrapped model being trained; it is generated with unmerged (the fast engine calls
     the HF projection modules, so the LoRA weights act; an optimizer step updates them in place). A private
     agent over that model (the given agent's tokenizer and config) holds the engine, so the given agent is
-    left as it is. Returns the agent's ``Generation`` objects: prompt ids, completion ids ending with the stop
+    left as it is. After sampling, the engine's KV cache and CUDA graphs are freed (``release_cache``) so the
+training step that follows has that memory; the next rollout allocates and captures them again. Returns the agent's ``Generation`` objects: prompt ids, completion ids ending with the stop
     token when the completion finished, and log-probabilities of the temperature-scaled distribution.
     """
 
     CHAT_KWARGS = ("reasoning_effort", "model_identity")  # the chat-template options generate() takes
 
-    def __init__(self, agent: "GptOssAgent", use_fast_engine: bool = True):
+    def __init__(self, agent: "GptOssAgent", use_fast_engine: bool = True, release_cache: bool = True):
         self.agent = agent
         self.use_fast_engine = use_fast_engine
+        self.release_cache = release_cache  # free the engine's KV cache and graphs once a rollout is sampled
         self._sampler: GptOssAgent | None = None  # the private agent over the model being trained
         self.backend: str | None = None  # "fast" or "reference" after the first call
 
@@ -72,5 +74,9 @@ class AgentGenerate:
         extra = sorted(set(stop_token_ids) - set(STOP_TOKEN_IDS))
         if extra:
             logger.warning("the agent stops only at %s; TRL's stop ids %s are not among them", STOP_TOKEN_IDS, extra)
-        return sampler.generate(list(prompts), num_samples=num_samples, max_new_tokens=max_new_tokens,
-                                temperature=temperature, top_p=top_p, seed=seed % (2**62), **chat_template_kwargs)
+        out = sampler.generate(list(prompts), num_samples=num_samples, max_new_tokens=max_new_tokens,
+                               temperature=temperature, top_p=top_p, seed=seed % (2**62), **chat_template_kwargs)
+        engine = sampler.engine()
+        if self.release_cache and engine is not None:  # the training forward/backward gets that memory
+            engine.release()
+        return out

@@ -32,6 +32,7 @@ TRL called directly, in about sixty lines.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import time
@@ -66,32 +67,77 @@ logger = logging.getLogger(__name__)
 
 
 def load_agent(config: GRPORunConfig) -> "GptOssAgent":
-    """The agent a run trains: the embedded tiny model (fp32, CPU) or ``config.model`` (bf16 on the GPU if any)."""
+    """The agent a run trains: the embedded tiny model (fp32, CPU) or ``config.model`` (bf16 on the GPU if any).
+
+    Experts as ``config.experts`` says (an MXFP4 checkpoint folder stays MXFP4 by default); the fast engine's
+    cache is sized for one rollout (the step's sequences, prompt + completion), not the model's context."""
     import torch
 
     from ossgym.agents.agent import AgentConfig, GptOssAgent
+    from ossgym.agents.gptoss.mxfp4 import convert_experts
 
-    agent_config = AgentConfig(reasoning_effort=config.reasoning_effort, max_seq_len=config.max_seq_len,
-                               use_fast_engine=config.generation == "fast")
+    rows = config.group_size * config.prompts_per_step
+    agent_config = AgentConfig(reasoning_effort=config.reasoning_effort,
+                               max_seq_len=config.max_prompt_length + config.max_completion_length,
+                               max_batch_size=min(64, rows), use_fast_engine=config.generation == "fast")
     if config.model is None:
-        return GptOssAgent.tiny(config=agent_config)
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return GptOssAgent.from_pretrained(config.model, dtype=dtype, use_fast_engine=config.generation == "fast",
-                                       config=agent_config)
+        agent = GptOssAgent.tiny(config=agent_config)
+        if config.experts == "mxfp4":
+            convert_experts(agent.model, "mxfp4")
+    else:
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        agent = GptOssAgent.from_pretrained(config.model, dtype=dtype, use_fast_engine=config.generation == "fast",
+                                            config=agent_config,
+                                            experts=None if config.experts == "auto" else config.experts)
+    return agent
+
+
+def check_memory_options(config: GRPORunConfig, split_targets: tuple[str, ...]) -> None:
+    """ConfigError for memory options that cannot work together with this model and machine."""
+    import torch
+
+    if config.optim != "adamw_torch" and not torch.cuda.is_available():
+        raise ConfigError("optim", f"{config.optim} is a bitsandbytes optimizer for CUDA and there is no GPU",
+                          'Use "adamw_torch" on the CPU.')
+    if split_targets and not config.lora_targets:
+        raise ConfigError("lora_targets", "is empty, and the MXFP4 experts' LoRA is ossgym's split LoRA, which "
+                          "needs a peft adapter beside it", 'Keep the attention targets: ("q_proj", ...).')
+    if split_targets and config.beta > 0:
+        raise ConfigError("beta", f"is {config.beta} with split expert LoRA: the reference pass (peft's disabled "
+                          "adapter) would keep the expert LoRA on", "Pass beta=0.0 or experts=bf16.")
 
 
 def _export(trainer: Any, tokenizer: Any, output_dir: Path, merged: bool) -> tuple[Path, Path | None]:
-    """Save the LoRA adapter, and (``merged``) the adapter merged into the base model, in bf16."""
+    """Save the LoRA adapter (split expert LoRA included, under peft's keys), and (``merged``) the adapter
+    merged into the base model: bf16, or the official MXFP4 layout when the experts are MXFP4."""
     import torch
 
+    from ossgym.agents.gptoss.mxfp4 import add_expert_lora_to_adapter, has_oss_experts, merge_expert_lora, save_mxfp4
+    from ossgym.agents.gptoss.offload import restore_embeddings
+
     adapter_dir = output_dir / ADAPTER_DIR
-    model = trainer.model
+    model = restore_embeddings(trainer.model)
     model.save_pretrained(adapter_dir)
+    if has_oss_experts(model):
+        add_expert_lora_to_adapter(model, adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
     if not merged:
         return adapter_dir, None
     merged_dir = output_dir / MERGED_DIR
     base = model.merge_and_unload()  # folds the adapter into the base weights (in place)
+    if has_oss_experts(base):
+        fmt = base_model(base).model.layers[0].mlp.experts.format
+        errors = merge_expert_lora(base, fmt)  # re-quantized to MXFP4: the relative error is logged
+        logger.info("expert LoRA merged into %s experts (relative error of the re-quantization: %s)", fmt, errors)
+        if fmt == "mxfp4":
+            save_mxfp4(base, merged_dir)
+        else:
+            from ossgym.agents.gptoss.mxfp4 import to_hf_experts
+
+            to_hf_experts(base).save_pretrained(merged_dir)
+        tokenizer.save_pretrained(merged_dir)
+        trainer.model = base
+        return adapter_dir, merged_dir
     # a bf16 model (the GPU case) is saved as it is; a float32 one (the small CPU case) through a bf16 copy
     export = base if base.dtype == torch.bfloat16 else copy.deepcopy(base).to(torch.bfloat16)
     export.save_pretrained(merged_dir)
@@ -162,7 +208,13 @@ def _train(config: GRPORunConfig, env: EnvRewards, start: float, output_dir: Pat
     from transformers import PrinterCallback, ProgressCallback
     from trl import GRPOTrainer
 
+    from ossgym.agents.gptoss.mxfp4 import add_expert_lora, split_expert_targets
+
     agent = agent if agent is not None else load_agent(config)
+    if config.offload_embeddings:
+        from ossgym.agents.gptoss.offload import offload_embeddings
+
+        offload_embeddings(agent.model)
     base = base_model(agent.model)
     attn = config.attn_implementation
     if attn == "auto":
@@ -170,7 +222,10 @@ def _train(config: GRPORunConfig, env: EnvRewards, start: float, output_dir: Pat
     if base.config._attn_implementation != attn:
         base.set_attn_implementation(attn)  # the training forward only; the fast engine has its own attention
     config.check_model_fits(int(base.config.max_position_embeddings))
-    config.check_lora_targets(base)
+    peft_targets, split_targets = split_expert_targets(base, config.lora_target_parameters)
+    check_memory_options(config, split_targets)
+    peft_config = dataclasses.replace(config, lora_target_parameters=peft_targets)  # MXFP4 experts: split LoRA
+    peft_config.check_lora_targets(base)
     dataset = build_dataset(prompt_fn or env.prompt, config.num_dataset_rows, config.seed, config.reasoning_effort)
     distinct = {json.dumps(p, sort_keys=True): p for p in dataset["prompt"]}.values()
     config.check_prompt_length(max(len(agent.encode_prompt(p, config.reasoning_effort)) for p in distinct))
@@ -210,11 +265,13 @@ def _train(config: GRPORunConfig, env: EnvRewards, start: float, output_dir: Pat
             args=config.grpo_config(**overrides),
             train_dataset=dataset,
             processing_class=agent.tokenizer,
-            peft_config=config.lora_config(),
+            peft_config=peft_config.lora_config(),
             rollout_func=distributed.shard_rollout(  # samples independent of which rank draws them
                 make_rollout_func(generate, max_prompt_length=config.max_prompt_length)),
             callbacks=[callback, *distributed.callbacks(output_dir), *callbacks],
         )
+        if split_targets:  # after peft wrapped the model (it freezes what is not its own); the optimizer comes later
+            add_expert_lora(trainer.model, config.lora_rank, config.lora_alpha, targets=split_targets, seed=config.seed)
         if generate is None:
             _time_trl_generation(trainer)
         time_forward_backward(trainer, callback.timings)

@@ -69,6 +69,12 @@ def decode_attention(
     return attend(q, k_cache, v_cache, mask, sinks, scale)
 
 
+def embedding_device(embed: nn.Module) -> torch.device:
+    """Where an embedding module's table lives (an offloaded one keeps it off the module's parameters)."""
+    table = getattr(embed, "table", None)
+    return (table if table is not None else embed.weight).device
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The GptOssForCausalLM inside a peft PeftModel (its LoRA layers stay in place), or the model itself."""
     model = base_model(model)
@@ -95,17 +101,16 @@ class FastGptOss:
         self.model = unwrap_model(model)
         self.base = self.model.model
         config = self.model.config
-        weight = self.base.embed_tokens.weight
+        weight = self.model.lm_head.weight  # on the compute device even when the embedding is offloaded
         self.device, self.dtype = weight.device, weight.dtype
         self.max_batch_size, self.max_seq_len = max_batch_size, max_seq_len
         self.window = int(config.sliding_window)
         self.layer_types = list(config.layer_types)
         self.head_dim = int(config.head_dim)
         self.vocab_size = int(config.vocab_size)
-        self.cache = KVCache(
-            self.layer_types, max_batch_size, max_seq_len, self.window, int(config.num_key_value_heads),
-            self.head_dim, self.dtype, self.device,
-        )
+        self.kv_heads = int(config.num_key_value_heads)
+        self.cache: KVCache | None = None
+        self._ensure_cache()
         with torch.no_grad():
             positions = torch.arange(max_seq_len, device=self.device)[None]
             cos, sin = self.base.rotary_emb(torch.zeros(1, dtype=self.dtype, device=self.device), positions)
@@ -122,6 +127,19 @@ class FastGptOss:
             "FastGptOss: cache %.2f GiB (%d rows x %d columns), compile=%s, cuda graphs=%s",
             self.cache.nbytes() / 2**30, max_batch_size, max_seq_len, self.compile, self.use_graphs,
         )
+
+    def _ensure_cache(self) -> KVCache:
+        if self.cache is None:
+            self.cache = KVCache(self.layer_types, self.max_batch_size, self.max_seq_len, self.window,
+                                 self.kv_heads, self.head_dim, self.dtype, self.device)
+        return self.cache
+
+    def release(self) -> None:
+        """Free the KV cache and the captured CUDA graphs (their memory pool), e.g. while a trainer needs the
+        memory; the next call allocates the cache again and re-captures (the compiled functions are kept)."""
+        self._graphs.clear()
+        self._pool = None
+        self.cache = None
 
     # ----------------------------------------------------------------------------------------------- setup
     def _build_functions(self) -> None:
@@ -177,16 +195,24 @@ class FastGptOss:
         parts = [fns.moe(chunk, *args) for chunk in flat.split(PREFILL_MOE_CHUNK)]
         return torch.cat(parts).view(x.shape) if len(parts) > 1 else parts[0].view(x.shape)
 
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings on the engine's device, wherever the embedding lives (offloaded to the CPU: the ids
+        go there and the rows come back; a host sync, which is why decode embeds outside its CUDA graph)."""
+        embed = self.base.embed_tokens
+        where = embedding_device(embed)
+        if where == ids.device:
+            return embed(ids)
+        return embed(ids.to(where)).to(self.device, non_blocking=True)
+
     def _forward(
-        self, ids: torch.Tensor, pad: torch.Tensor, col: torch.Tensor | None, span: int | None, fns
+        self, x: torch.Tensor, pad: torch.Tensor, col: torch.Tensor | None, span: int | None, fns
     ) -> torch.Tensor:
-        """Hidden states after the final norm. Prefill: ids [B, T] at columns 0..T-1; decode: ids [B, 1] at col
-        (full-attention layers read their first `span` columns)."""
-        length = ids.shape[1]
-        cols = col.view(1, 1) if col is not None else torch.arange(length, device=ids.device)[None]
+        """Hidden states after the final norm from embedded tokens x. Prefill: x [B, T, H] at columns 0..T-1;
+        decode: x [B, 1, H] at col (full-attention layers read their first `span` columns)."""
+        length = x.shape[1]
+        cols = col.view(1, 1) if col is not None else torch.arange(length, device=x.device)[None]
         positions = (cols - pad[:, None]).clamp(min=0)
         cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
-        x = self.base.embed_tokens(ids)
         for i, layer in enumerate(self.base.layers):
             h = fns.rms(x, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
             x = x + self._attention(i, h, cos, sin, pad, col, span, fns)
@@ -194,8 +220,8 @@ class FastGptOss:
             x = x + self._moe(i, h, fns)
         return fns.rms(x, self.base.norm.weight, self.base.norm.variance_epsilon)
 
-    def _decode_step(self, tokens: torch.Tensor, col: torch.Tensor, pad: torch.Tensor, span: int) -> torch.Tensor:
-        hidden = self._forward(tokens[:, None], pad, col, span, self._decode_fns)
+    def _decode_step(self, x: torch.Tensor, col: torch.Tensor, pad: torch.Tensor, span: int) -> torch.Tensor:
+        hidden = self._forward(x, pad, col, span, self._decode_fns)
         return self.model.lm_head(hidden[:, -1])
 
     def _span(self, col: int) -> int:
@@ -206,43 +232,42 @@ class FastGptOss:
     def _decode(self, tokens: torch.Tensor, col: int, pad: torch.Tensor) -> torch.Tensor:
         """Logits [B, V] after appending `tokens` at column `col` (graph replay on CUDA)."""
         span = self._span(col)
+        x = self._embed(tokens[:, None])
         if not self.use_graphs:
-            return self._decode_step(tokens, torch.tensor([col], device=self.device), pad, span)
+            return self._decode_step(x, torch.tensor([col], device=self.device), pad, span)
         key = (tokens.shape[0], span)
         graph = self._graphs.get(key)
         if graph is None:
-            graph = self._capture(tokens, col, pad, span)
-        graph.tokens.copy_(tokens)
+            graph = self._capture(x, col, pad, span)
+        graph.x.copy_(x)
         graph.col.fill_(col)
         graph.pad.copy_(pad)
         graph.graph.replay()
         return graph.logits
 
-    def _capture(self, tokens: torch.Tensor, col: int, pad: torch.Tensor, span: int) -> SimpleNamespace:
-        static = SimpleNamespace(
-            tokens=tokens.clone(), col=torch.tensor([col], device=self.device), pad=pad.clone()
-        )
+    def _capture(self, x: torch.Tensor, col: int, pad: torch.Tensor, span: int) -> SimpleNamespace:
+        static = SimpleNamespace(x=x.clone(), col=torch.tensor([col], device=self.device), pad=pad.clone())
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             try:
                 for _ in range(2):  # compile and warm up; writes the same column the real step writes
-                    self._decode_step(static.tokens, static.col, static.pad, span)
+                    self._decode_step(static.x, static.col, static.pad, span)
             except Exception as error:  # noqa: BLE001 - a compiler failure must not stop generation
                 if self._decode_fns is self._eager:
                     raise
                 log.warning("compiled decode step failed (%s); using the eager functions", error)
                 self._decode_fns = self._eager
                 for _ in range(2):
-                    self._decode_step(static.tokens, static.col, static.pad, span)
+                    self._decode_step(static.x, static.col, static.pad, span)
         torch.cuda.current_stream().wait_stream(stream)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         static.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(static.graph, pool=self._pool):
-            static.logits = self._decode_step(static.tokens, static.col, static.pad, span)
-        self._graphs[(tokens.shape[0], span)] = static
-        log.info("captured the decode step for batch %d, span %d", tokens.shape[0], span)
+            static.logits = self._decode_step(static.x, static.col, static.pad, span)
+        self._graphs[(x.shape[0], span)] = static
+        log.info("captured the decode step for batch %d, span %d", x.shape[0], span)
         return static
 
     # ------------------------------------------------------------------------------------------ public API
@@ -251,6 +276,7 @@ class FastGptOss:
         """Compile and capture the decode step for `batch_size` at every span up to max_seq_len (no stalls later)."""
         if not 1 <= batch_size <= self.max_batch_size:
             raise ConfigError("batch_size", f"{batch_size} not in 1..{self.max_batch_size}", "pass a valid batch size")
+        self._ensure_cache()
         tokens = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         pad = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         spans = sorted({self._span(col) for col in range(self.max_seq_len)})
@@ -282,8 +308,24 @@ class FastGptOss:
         return ids.to(self.device), pad.to(self.device)
 
     def _prefill(self, ids: torch.Tensor, pad: torch.Tensor, all_logits: bool) -> torch.Tensor:
-        hidden = self._forward(ids, pad, None, None, self._eager)
+        self._ensure_cache()
+        hidden = self._forward(self._embed(ids), pad, None, None, self._eager)
         return self.model.lm_head(hidden if all_logits else hidden[:, -1])
+
+    def _prefill_shared(self, ids: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """Last-position logits [B, V] of the batch, prefilling each distinct row once (a GRPO group repeats
+        one prompt): the distinct rows' cache rows are then copied to their repeats, so prefill time and its
+        activations scale with the distinct prompts, not the group."""
+        unique, inverse = torch.unique(torch.cat([ids, pad[:, None]], 1), dim=0, return_inverse=True)  # pad: id 0
+        if unique.shape[0] == ids.shape[0]:
+            return self._prefill(ids, pad, all_logits=False)
+        first = torch.full((unique.shape[0],), ids.shape[0], dtype=torch.long, device=ids.device)
+        first = first.scatter_reduce(0, inverse, torch.arange(ids.shape[0], device=ids.device), "amin")
+        logits = self._prefill(ids[first], pad[first], all_logits=False)
+        for layer in range(len(self.layer_types)):  # row u of the cache -> every row b with inverse[b] == u
+            for store in (self.cache.k[layer], self.cache.v[layer]):
+                store[: ids.shape[0]] = store[: unique.shape[0]].index_select(0, inverse)
+        return logits.index_select(0, inverse)
 
     @torch.no_grad()
     def logits(self, prompt_ids: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -301,7 +343,7 @@ class FastGptOss:
         ids, pad = self._batch(prompt_ids, steps.pop())
         cont = torch.tensor([list(c) for c in continuation], dtype=torch.long, device=self.device)
         with _eval(self.model):
-            out = [self._prefill(ids, pad, all_logits=False).float()]
+            out = [self._prefill_shared(ids, pad).float()]
             for j in range(cont.shape[1]):
                 step = self._decode(cont[:, j].contiguous(), ids.shape[1] + j, pad)
                 out.append(step.to(torch.float32, copy=True))  # a copy: on CUDA this is the graph's static output
@@ -340,7 +382,7 @@ class FastGptOss:
         done = torch.zeros(batch, dtype=torch.bool, device=self.device)
         stop_step = torch.full((batch,), max_new_tokens, dtype=torch.long, device=self.device)
         with _eval(self.model):
-            logits = self._prefill(ids, pad, all_logits=False)
+            logits = self._prefill_shared(ids, pad)
             for step in range(max_new_tokens):
                 token, logprob = sample(logits, temperature, top_p, vocab_size_limit, generator)
                 tokens[:, step], logprobs[:, step] = token, logprob

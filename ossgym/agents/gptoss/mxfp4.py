@@ -156,6 +156,47 @@ def add_expert_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, target
     return params
 
 
+def has_oss_experts(model: nn.Module) -> bool:
+    """Whether a GptOssForCausalLM (peft-wrapped or not) holds ossgym's OssExperts."""
+    return any(isinstance(mlp.experts, OssExperts) for _, mlp in expert_modules(model))
+
+
+def split_expert_targets(model: nn.Module, target_parameters) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the peft ``target_parameters`` left to peft, the expert projections that get split LoRA instead).
+
+    On a model with OssExperts the expert weights are not parameters peft could wrap (MXFP4 buffers), so
+    ``mlp.experts.gate_up_proj`` / ``mlp.experts.down_proj`` (or any name ending so) become split LoRA; on
+    a model with stock experts everything stays with peft."""
+    targets = tuple(target_parameters)
+    if not has_oss_experts(model):
+        return targets, ()
+    split = tuple(p for p in PROJECTIONS if any(t == f"experts.{p}" or t.endswith(f".experts.{p}") for t in targets))
+    rest = tuple(t for t in targets if not any(t == f"experts.{p}" or t.endswith(f".experts.{p}") for p in split))
+    return rest, split
+
+
+def add_expert_lora_to_adapter(model: nn.Module, directory: str | Path) -> Path:
+    """Add the split expert LoRA to a peft adapter folder that ``save_pretrained`` wrote (attention adapters):
+    its tensors under peft's ``target_parameters`` keys, the targets in adapter_config.json, so one adapter
+    holds both and stock peft loads it onto the bf16 model."""
+    from safetensors.torch import load_file, save_file
+
+    directory = Path(directory)
+    config_path, weights_path = directory / "adapter_config.json", directory / "adapter_model.safetensors"
+    config = json.loads(config_path.read_text())
+    targets = sorted({name for _, mlp in expert_modules(model) if isinstance(mlp.experts, OssExperts)
+                      for name in mlp.experts.lora_scaling})
+    if not targets:
+        return directory
+    state = load_file(str(weights_path)) if weights_path.exists() else {}
+    state.update({k: v.cpu() for k, v in expert_lora_state_dict(model).items()})
+    config["target_parameters"] = sorted(set(config.get("target_parameters") or [])
+                                         | {f"mlp.experts.{t}" for t in targets})
+    config_path.write_text(json.dumps(config, indent=2))
+    save_file(state, str(weights_path), metadata={"format": "pt"})
+    return directory
+
+
 def expert_lora_state_dict(model: nn.Module, prefix: str = "base_model.model.") -> dict[str, torch.Tensor]:
     """The split expert LoRA under peft's ``target_parameters`` keys (peft nests the wrappers: down_proj outside,
     gate_up_proj in its ``base_layer``): lora_A [E*r, in], lora_B [out, r*E]."""
@@ -165,21 +206,29 @@ def expert_lora_state_dict(model: nn.Module, prefix: str = "base_model.model.") 
         for name in experts.lora_scaling:
             a, b = experts.lora[f"{name}_a"].detach(), experts.lora[f"{name}_b"].detach()
             num_experts, inp, rank = a.shape
-            where = f"{prefix}model.layers.{i}.mlp.experts." + ("" if name == "down_proj" else "base_layer.")
+            where = f"{prefix}model.layers.{i}.mlp.experts." + _nesting(name, experts.lora_scaling)
             state[where + "lora_A.weight"] = a.transpose(1, 2).reshape(num_experts * rank, inp).contiguous()
             state[where + "lora_B.weight"] = b.permute(2, 1, 0).reshape(b.shape[-1], rank * num_experts).contiguous()
     return state
 
 
+def _nesting(name: str, targets) -> str:
+    """peft nests the parameter wrappers of one module: with both projections targeted, down_proj's is outside
+    and gate_up_proj's in its ``base_layer``; a single target sits directly on the module."""
+    return "base_layer." if name == "gate_up_proj" and "down_proj" in targets else ""
+
+
 def load_expert_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor], alpha: float,
-                                prefix: str = "base_model.model.") -> None:
-    """Inverse of `expert_lora_state_dict` (adds the LoRA to the OssExperts)."""
+                                targets=PROJECTIONS, prefix: str = "base_model.model.") -> None:
+    """Inverse of `expert_lora_state_dict` (adds the LoRA of the projections `targets` to the OssExperts; the
+    targets are the adapter config's ``target_parameters``, which fix peft's key nesting)."""
+    present = {t.rsplit(".", 1)[-1] for t in targets}
     for i, mlp in expert_modules(model):
         experts = mlp.experts
         for name in PROJECTIONS:
-            where = f"{prefix}model.layers.{i}.mlp.experts." + ("" if name == "down_proj" else "base_layer.")
-            if where + "lora_A.weight" not in state:
+            if name not in present:
                 continue
+            where = f"{prefix}model.layers.{i}.mlp.experts." + _nesting(name, present)
             wa, wb = state[where + "lora_A.weight"], state[where + "lora_B.weight"]
             rank = wa.shape[0] // experts.num_experts
             device = experts.gate_up_proj_bias.device
@@ -438,7 +487,8 @@ def weight_bytes(model: nn.Module) -> int:
 
 
 __all__ = [
-    "OssExperts", "add_expert_lora", "convert_experts", "expert_lora_state_dict", "is_mxfp4_checkpoint",
+    "OssExperts", "add_expert_lora", "add_expert_lora_to_adapter", "convert_experts", "expert_lora_state_dict",
+    "has_oss_experts", "is_mxfp4_checkpoint", "split_expert_targets",
     "load_expert_lora_state_dict", "load_gptoss", "merge_expert_lora", "save_expert_lora", "save_mxfp4",
     "to_hf_experts", "weight_bytes",
 ]
