@@ -12,7 +12,7 @@ from ossgym.agents.gptoss.tokenizer import RETURN_ID, VOCAB_SIZE, load_tokenizer
 from ossgym.errors import ConfigError
 
 PROMPTS = ["Write a function.", "hi", "Explain " + "the board " * 60]  # the last crosses the 128-token window
-ENGINES = [pytest.param(False, id="reference"), pytest.param(True, id="fast-if-available")]
+ENGINES = [pytest.param(False, id="reference"), pytest.param(True, id="fast")]
 
 
 @pytest.fixture(scope="module", autouse=True)
