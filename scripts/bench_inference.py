@@ -182,7 +182,7 @@ def main() -> None:
             w = torch.softmax(torch.randn(tokens, 4, device=DEVICE), -1).to(torch.bfloat16)
             idx = torch.stack([torch.randperm(experts, device=DEVICE)[:4] for _ in range(tokens)])
             ref = moe.experts_loop(x.float(), w.float(), idx, gu.float(), gub.float(), dp.float(), dpb.float(), 1.702, 7.0)
-            out = moe.experts_grouped(x, w, idx, gu, gub, dp, dpb, 1.702, 7.0)
+            out = moe.experts_forward(x, w, idx, gu, gub, dp, dpb, 1.702, 7.0)
             paths[f"grouped_mm_tokens{tokens}_rel"] = ((out.float() - ref).norm() / ref.norm()).item()
         print(paths, flush=True)
 

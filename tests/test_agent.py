@@ -1,7 +1,6 @@
 """GptOssAgent on the tiny model: formatting, seeded sampling, log-probabilities, stops, masking, padding, LoRA."""
 
 import copy
-import sys
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from ossgym.agents.gptoss.tokenizer import RETURN_ID, VOCAB_SIZE, load_tokenizer
 from ossgym.errors import ConfigError
 
 PROMPTS = ["Write a function.", "hi", "Explain " + "the board " * 60]  # the last crosses the 128-token window
-ENGINES = [pytest.param(False, id="reference"), pytest.param(True, id="fast-if-available")]
+ENGINES = [pytest.param(False, id="reference"), pytest.param(True, id="fast")]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -204,14 +203,6 @@ def test_act_returns_the_completion_text(model, tok):
     assert text == b.act("Write strategy(board).")  # same config seed, same call order
     messages = [{"role": "user", "content": "Write strategy(board)."}]
     assert make_agent(model, tok, seed=4).act("ignored", {"messages": messages}) == text
-
-
-def test_engine_falls_back_to_reference_when_not_importable(model, tok, monkeypatch):
-    monkeypatch.setitem(sys.modules, "ossgym.agents.gptoss.engine", None)  # import now raises ImportError
-    agent = make_agent(model, tok, fast=True)
-    assert agent.engine() is None
-    reference = make_agent(model, tok, fast=False)
-    assert agent.generate(["hi"], seed=2) == reference.generate(["hi"], seed=2)
 
 
 def test_final_text_of_raw_completions():

@@ -52,7 +52,7 @@ def prompts(lengths: list[int], seed: int) -> list[list[int]]:
 
 @torch.no_grad()
 def hf_logits(model: GptOssForCausalLM, ids: list[int]) -> torch.Tensor:
-    return model(torch.tensor([ids])).logits[0].float()
+    return model(input_ids=torch.tensor([ids])).logits[0].float()
 
 
 def assert_prefill_matches(model: GptOssForCausalLM, batch: list[list[int]]) -> None:
@@ -62,6 +62,19 @@ def assert_prefill_matches(model: GptOssForCausalLM, batch: list[list[int]]) -> 
     for row, ids in enumerate(batch):
         diff = (logits[row, logits.shape[1] - len(ids):] - hf_logits(model, ids)).abs().max().item()
         assert diff <= TOL, f"row {row}: max abs diff {diff}"
+
+
+def assert_engine_matches(engine: FastGptOss, model, batch: list[list[int]], continuation: list[list[int]]
+                          ) -> torch.Tensor:
+    """The engine's prefill logits of ``batch`` and its decode logits along ``continuation`` equal ``model``'s
+    forward (a peft-wrapped model too); returns the prefill logits."""
+    logits = engine.logits(batch)
+    for row, ids in enumerate(batch):
+        assert (logits[row, logits.shape[1] - len(ids):] - hf_logits(model, ids)).abs().max().item() <= TOL
+    steps = engine.decode_logits(batch, continuation)
+    for row, (ids, extra) in enumerate(zip(batch, continuation)):
+        assert (steps[row] - hf_logits(model, ids + extra)[len(ids) - 1:]).abs().max().item() <= TOL
+    return logits
 
 
 def test_unpadded_batch_matches_hf_batch(model16):
@@ -191,18 +204,8 @@ def test_lora_adapters_change_the_engine_as_they_change_hf():
                              init_lora_weights=False)
     wrapped = peft.get_peft_model(model, config).eval()
     engine = FastGptOss(wrapped, max_batch_size=2, max_seq_len=40)
-    logits = engine.logits(batch)
+    logits = assert_engine_matches(engine, wrapped, batch, prompts([10, 10], seed=12))
     assert (logits - engine_base).abs().max().item() > 1e-2  # the adapter matters
-    for row, ids in enumerate(batch):
-        with torch.no_grad():
-            ref = wrapped(input_ids=torch.tensor([ids])).logits[0].float()
-        assert (logits[row, logits.shape[1] - len(ids):] - ref).abs().max().item() <= TOL
-    cont = prompts([10, 10], seed=12)
-    steps = engine.decode_logits(batch, cont)
-    for row, (ids, extra) in enumerate(zip(batch, cont)):
-        with torch.no_grad():
-            ref = wrapped(input_ids=torch.tensor([ids + extra])).logits[0, len(ids) - 1:].float()
-        assert (steps[row] - ref).abs().max().item() <= TOL
 
 
 def test_lora_on_the_experts_target_parameters_is_seen_by_the_engine():
@@ -220,18 +223,8 @@ def test_lora_on_the_experts_target_parameters_is_seen_by_the_engine():
             if "lora_B" in name:
                 param.normal_(0.0, 0.5)
     engine = FastGptOss(wrapped, max_batch_size=2, max_seq_len=40)
-    logits = engine.logits(batch)
+    logits = assert_engine_matches(engine, wrapped, batch, prompts([6, 6], seed=14))
     assert (logits - engine_base).abs().max().item() > 1e-2  # the adapter matters
-    for row, ids in enumerate(batch):
-        with torch.no_grad():
-            ref = wrapped(input_ids=torch.tensor([ids])).logits[0].float()
-        assert (logits[row, logits.shape[1] - len(ids):] - ref).abs().max().item() <= TOL
-    cont = prompts([6, 6], seed=14)
-    steps = engine.decode_logits(batch, cont)
-    for row, (ids, extra) in enumerate(zip(batch, cont)):
-        with torch.no_grad():
-            ref = wrapped(input_ids=torch.tensor([ids + extra])).logits[0, len(ids) - 1:].float()
-        assert (steps[row] - ref).abs().max().item() <= TOL
     with wrapped.disable_adapter():  # adapters disabled (TRL's reference model): the engine sees the base again
         assert (engine.logits(batch) - engine_base).abs().max().item() <= TOL
 

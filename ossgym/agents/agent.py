@@ -1,7 +1,7 @@
 """The gpt-oss agent: Harmony chat formatting, batched sampling with log-probabilities, and a policy for ossgym envs.
 
-Generation runs on the fast engine (`ossgym.agents.gptoss.engine.FastGptOss`) when it is available and asked
-for, else on the reference path here: a plain batched loop over the Hugging Face model and its cache.
+Generation runs on the fast engine (`ossgym.agents.gptoss.engine.FastGptOss`) unless `use_fast_engine` is off,
+else on the reference path here: a plain batched loop over the Hugging Face model and its cache.
 Both report, per sampled token, log_softmax(logits / temperature) over the model's whole vocabulary (the
 logits alone when greedy): the quantity a policy-gradient trainer recomputes. Ids the tokenizer cannot
 produce (the model has 201,088 rows, the tokenizer 200,019 ids) are never sampled.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import logging
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ossgym.agents.gptoss.engine import FastGptOss
 from ossgym.agents.gptoss.sampling import sample
 from ossgym.agents.gptoss.tokenizer import STOP_TOKEN_IDS, load_tokenizer
 from ossgym.agents.peft_utils import base_model
@@ -28,8 +28,6 @@ from ossgym.harmony import REASONING_EFFORTS, parse_harmony
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-logger = logging.getLogger(__name__)
 
 Prompt = str | Sequence[Mapping[str, Any]]  # a user message, or a whole conversation (role/content dicts)
 
@@ -45,7 +43,7 @@ class AgentConfig:
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0
     seed: int = 0  # seeds the calls made without an explicit seed (act(), generate(seed=None)), in call order
-    use_fast_engine: bool = True  # use FastGptOss when it is importable; else the reference path
+    use_fast_engine: bool = True  # sample with FastGptOss; False: the reference path (reference_generate)
     max_batch_size: int = 64  # sequences per engine call; larger requests are split
     max_seq_len: int = 4096  # fast-engine cache length: prompt + new tokens must fit
     compile: bool | None = None  # fast engine: compile and capture CUDA graphs (None: on CUDA only)
@@ -171,8 +169,7 @@ class GptOssAgent:
         self.config = config if config is not None else AgentConfig()
         self.vocab_size_limit = len(self.tokenizer)
         self._seeds = random.Random(self.config.seed)
-        self._engine: Any = None
-        self._engine_unavailable = False
+        self._engine: FastGptOss | None = None
 
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
@@ -283,17 +280,11 @@ class GptOssAgent:
         """Where the model's weights are."""
         return next(self.model.parameters()).device
 
-    def engine(self) -> Any:
-        """The fast engine over this model, created at first use; None when disabled or not importable."""
-        if not self.config.use_fast_engine or self._engine_unavailable:
+    def engine(self) -> FastGptOss | None:
+        """The fast engine over this model, created at first use; None when ``use_fast_engine`` is off."""
+        if not self.config.use_fast_engine:
             return None
         if self._engine is None:
-            try:
-                from ossgym.agents.gptoss.engine import FastGptOss
-            except ImportError as exc:
-                logger.info("fast engine not available (%s); using the reference generation path", exc)
-                self._engine_unavailable = True
-                return None
             self._engine = FastGptOss(self.model, max_batch_size=self.config.max_batch_size,
                                       max_seq_len=self.config.max_seq_len, compile=self.config.compile)
         return self._engine

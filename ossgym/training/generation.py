@@ -1,7 +1,7 @@
 """The rollout's generate function over the gpt-oss agent (:class:`AgentGenerate`).
 
-It samples with the model TRL hands it (the peft-wrapped model being trained), on the fast engine when it is
-importable, else on the agent's reference path, and passes every generation option to ``generate``
+It samples with the model TRL hands it (the peft-wrapped model being trained), on the fast engine (or, with
+``use_fast_engine=False``, on the agent's reference path), and passes every generation option to ``generate``
 explicitly: the agent it was given is never changed.
 """
 

@@ -1,6 +1,6 @@
 """FastGptOss: batched generation for a Hugging Face gpt-oss model, on the model's own weights (no copy).
 
-gpt-fast style: a static KV cache (cache.py), attention with sinks (attention.py), grouped-matmul MoE (moe.py),
+gpt-fast style: a static KV cache (kv_cache.py), attention with sinks (attention.py), grouped-matmul MoE (moe.py),
 on-device sampling (sampling.py). Projections, embeddings and the LM head are called as the HF modules, so peft
 LoRA adapters on them act without a merge. On CUDA the decode step's tensor functions are compiled and the whole
 step is captured in a CUDA graph per batch size; prefill runs compiled flex attention.
@@ -25,7 +25,7 @@ from ossgym.agents.gptoss.attention import (
     flex_prefill,
     prefill_mask,
 )
-from ossgym.agents.gptoss.cache import KVCache
+from ossgym.agents.gptoss.kv_cache import KVCache
 from ossgym.agents.gptoss.moe import moe_args, moe_tensors
 from ossgym.agents.gptoss.sampling import sample
 from ossgym.agents.peft_utils import base_model

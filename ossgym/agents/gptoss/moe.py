@@ -44,24 +44,6 @@ def experts_loop(
     return out.to(x.dtype)
 
 
-def experts_grouped(
-    x: torch.Tensor,
-    weights: torch.Tensor,
-    index: torch.Tensor,
-    gate_up: ExpertWeight,
-    gate_up_bias: torch.Tensor,
-    down: ExpertWeight,
-    down_bias: torch.Tensor,
-    alpha: float,
-    limit: float,
-    gate_up_lora: tuple[LoraFactors, ...] | None = None,
-    down_lora: tuple[LoraFactors, ...] | None = None,
-) -> torch.Tensor:
-    """Experts as two grouped matmuls over the token-expert pairs sorted by expert (the weights seam)."""
-    return experts_forward(x, weights, index, gate_up, gate_up_bias, down, down_bias, alpha, limit,
-                           gate_up_lora, down_lora)
-
-
 def moe_tensors(
     x: torch.Tensor,
     router_weight: torch.Tensor,

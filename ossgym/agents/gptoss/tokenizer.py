@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ossgym.agents.cache import cache_root
+from ossgym.agents.cache_dir import cache_root
 from ossgym.errors import TokenizerError
 
 if TYPE_CHECKING:

@@ -128,16 +128,13 @@ def _mentions_def(text: str, name: str) -> bool:
     return re.search(r"^[^\S\n]*def\s+" + re.escape(name) + r"\s*\(", text, re.MULTILINE) is not None
 
 
-def extract_code(completion: str, entrypoint: str, signature: str | None = None, *,
-                 max_completion_bytes: int = MAX_COMPLETION_BYTES, max_blocks: int = MAX_BLOCKS,
-                 max_source_bytes: int = MAX_SOURCE_BYTES) -> Extraction:
+def extract_code(completion: str, entrypoint: str, *, max_completion_bytes: int = MAX_COMPLETION_BYTES,
+                 max_blocks: int = MAX_BLOCKS, max_source_bytes: int = MAX_SOURCE_BYTES) -> Extraction:
     """Find the source that defines ``entrypoint`` in a completion's answer (see the module rules).
 
-    ``signature`` (e.g. ``"strategy(board)"``) is only used to word the feedback. The caps are checked
-    before any parsing; exceeding one gives ``status="too_large"`` with ``cap`` set.
+    The caps are checked before any parsing; exceeding one gives ``status="too_large"`` with ``cap`` set.
     """
-    sig = signature or f"{entrypoint}(...)"
-    how = f"Write the complete function `def {sig}:` at the top level of one ```python code block in your final answer."
+    how = f"Write the complete function `def {entrypoint}(...):` at the top level of one ```python code block in your final answer."
     if type(completion) is not str:
         return Extraction(None, "invalid", f"The completion must be a str, got {type(completion).__name__}.")
     # len() is O(1) and a lower bound of the UTF-8 size; the encode below then costs at most 4x the cap.

@@ -47,10 +47,16 @@ class Game2048Config:
         return spaces.Box(0, MAX_EXPONENT, shape=(s, s), dtype=np.uint8)
 
     def reward_of(self, gain: int) -> float:
-        """The reward of a move that gained ``gain`` points."""
+        """The reward of a legal move that gained ``gain`` points: the gain, or its log2 (0 when nothing merged)."""
         if self.reward_mode == "log2":
-            return math.log2(gain) if gain > 0 else 0.0
+            return math.log2(gain) if gain else 0.0
         return float(gain)
+
+    def rewards_of(self, gains: np.ndarray) -> np.ndarray:
+        """:meth:`reward_of` of each gain of a batch, as float64 (the vector env; gains are never 1)."""
+        if self.reward_mode == "log2":
+            return np.log2(np.maximum(gains, 1)).astype(np.float64)
+        return gains.astype(np.float64)
 
 
 ONE_HOT_TABLE = np.eye(MAX_EXPONENT + 1, dtype=np.uint8)
@@ -128,7 +134,7 @@ class Game2048Env(gym.Env[np.ndarray, np.int64]):
         self.observation_space = self.config.observation_space()
         self._game: Game2048 | None = None
         self._shape = (self.size, self.size)
-        self._log2 = self.config.reward_mode == "log2"
+        self._reward_of = self.config.reward_of
         self._one_hot = self.config.one_hot
         self._mode = self.config.illegal_move
         self._penalty = -float(self.config.illegal_penalty)
@@ -168,7 +174,7 @@ class Game2048Env(gym.Env[np.ndarray, np.int64]):
             raise gym.error.ResetNeeded("Call reset() before step().")
         gain, changed = game.step(action)
         if changed:
-            reward = (math.log2(gain) if gain else 0.0) if self._log2 else float(gain)
+            reward = self._reward_of(gain)
             terminated = game.is_over()
         else:
             reward = self._penalty if self._mode == "penalize" else 0.0

@@ -144,11 +144,6 @@ class Game2048VectorEnv(VectorEnv):
             info["_illegal_move"] = stepped.copy()
         return info
 
-    def _rewards(self, gains: np.ndarray) -> np.ndarray:
-        if self.config.reward_mode == "log2":
-            return np.log2(np.maximum(gains, 1)).astype(np.float64)
-        return gains.astype(np.float64)
-
     # -- API -------------------------------------------------------------------------------------------
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -194,7 +189,7 @@ class Game2048VectorEnv(VectorEnv):
         if resetting.any():
             games.reset(resetting)
         illegal = active & ~changed
-        rewards = self._rewards(gains)
+        rewards = self.config.rewards_of(gains)
         rewards[illegal] = self._penalty
         terminated = active & ((games.codes == 0) | (illegal & self._terminate_on_illegal))
         self._elapsed = np.where(active, self._elapsed + 1, 0)

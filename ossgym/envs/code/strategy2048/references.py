@@ -170,6 +170,19 @@ _EVAL_HELPERS = '''
         return total
 '''
 
+# The move both searches play: the one whose spawn is worth most (down, left, up, right on ties).
+_PICK_BY_CHANCE = '''
+    b = tuple(tuple(r) for r in board)
+    best, choice = -1.0, "S"
+    for key in "SAWD":
+        nb = move(b, key)[0]
+        if nb != b:
+            v = chance(nb)
+            if v > best:
+                best, choice = v, key
+    return choice
+'''
+
 _EXPECTIMAX1 = (
     '''
 def strategy(board, memo={}, rowscore={}):
@@ -189,17 +202,8 @@ def strategy(board, memo={}, rowscore={}):
                         total = total + p * evaluate(nb)
                     count = count + 1
         return total / count if count else evaluate(b)
-
-    b = tuple(tuple(r) for r in board)
-    best, choice = -1.0, "S"
-    for key in "SAWD":
-        nb = move(b, key)[0]
-        if nb != b:
-            v = chance(nb)
-            if v > best:
-                best, choice = v, key
-    return choice
 '''
+    + _PICK_BY_CHANCE
 )
 
 _EXPECTIMAX = (
@@ -207,8 +211,6 @@ _EXPECTIMAX = (
 def strategy(board, memo={}, rowscore={}):
 '''
     + _MOVE_HELPERS
-    + '''
-'''
     + _EVAL_HELPERS
     + '''
     def best_after(b):
@@ -239,17 +241,8 @@ def strategy(board, memo={}, rowscore={}):
                 nb = b[:i] + (row[:j] + (tile,) + row[j + 1 :],) + b[i + 1 :]
                 total = total + p * best_after(nb)
         return total / len(cells)
-
-    b = tuple(tuple(r) for r in board)
-    best, choice = -1.0, "S"
-    for key in "SAWD":
-        nb = move(b, key)[0]
-        if nb != b:
-            v = chance(nb)
-            if v > best:
-                best, choice = v, key
-    return choice
 '''
+    + _PICK_BY_CHANCE
 )
 
 #: 2048 strategies as sources, from worst to best (the fidelity bar's required order).

@@ -1,4 +1,4 @@
-"""Where the agent keeps files it builds at first use (the tokenizer, the tiny model): never in git."""
+"""The folder where the agent keeps files it builds at first use (the gpt-oss tokenizer): never in git."""
 
 from __future__ import annotations
 
