@@ -561,6 +561,8 @@ def main() -> int:
     import transformers
 
     results["transformers"], results["peft"] = transformers.__version__, peft.__version__
+    results["ossgym"] = ossgym.__file__
+    log("ossgym from", ossgym.__file__)
     out_path = args.out or (str(Path(os.environ["OUT"]) / "bench_memory.json") if os.environ.get("OUT") else None)
 
     def save():
@@ -691,13 +693,13 @@ def print_table(r: dict) -> None:
     lc = r.get("long_mxfp4") or {}
     print(f"\nlong context, {lc.get('tokens')} tokens, micro-batch 1 (warm-up {f(lc.get('warmup_s'), '{:.1f}')} s; "
           f"skipped {lc.get('skipped')})")
-    print("| variant | experts chunk | checkpoints offloaded | before | peak | reserved | step s |\n"
-          "|---|---:|---|---:|---:|---:|---:|")
+    print("| variant | experts chunk | checkpoints offloaded | before | peak | reserved | step s | error |\n"
+          "|---|---:|---|---:|---:|---:|---:|---|")
     for name, x in lc.items():
         if isinstance(x, dict) and "offload_checkpoints" in x:
             print(f"| {name} | {x.get('chunk_tokens') or 'one pass'} | {x.get('offload_checkpoints')} | "
                   f"{f(x.get('before_gib'))} | {f(x.get('peak_gib'))} | {f(x.get('peak_reserved_gib'))} | "
-                  f"{f(x.get('train_s'), '{:.1f}')} | {x.get('error', '')}")
+                  f"{f(x.get('train_s'), '{:.1f}')} | {x.get('error', '')} |")
     tr = r.get("train") or {}
     rec = (tr.get("records") or [{}])[-1]
     print(f"\ntrain (run_training, 1 step): experts {tr.get('experts')}, peak {f(tr.get('peak_gib'))} GiB "
