@@ -15,10 +15,14 @@ streaming loader. Phases (each one recorded, a failure recorded and the next pha
    ossgym's 512-token LM-head chunks), V1 engine cache released, V2 flex_sinks attention, V3 TRL's fused LM
    head (what ``ossgym train`` runs), V4 embeddings offloaded to the CPU, V5 = V4 with torch AdamW (fp32
    states, the config's default optim) instead of bitsandbytes' paged 8-bit AdamW;
-4. ``long``: MXFP4 long-context training step (1K prompt + 16K completion, micro-batch 1, V4's settings),
-   also with the checkpoints offloaded to the CPU; long-rollout timing (16K prompt, group 8, 128 new tokens);
-5. ``bf16``: the same GRPO step on random bf16 weights (V0 and V3) and bf16 rollout tok/s (the baseline);
-6. ``agree``: engine logits on the MXFP4 weights (bf16) and HF eager in bf16 on the dequantized weights, both
+4. ``long``: MXFP4 long-context training step (1K prompt + 16K completion, micro-batch 1, V4's settings):
+   the experts in one pass (the baseline) against token chunks of 1K-4K (``experts_forward``'s chunking),
+   checkpoints on the GPU or offloaded to the CPU; ``longroll``: long-rollout timing (16K prompt, group 8,
+   128 new tokens);
+5. ``train``: one ``run_training`` step (what ``ossgym train --model DIR`` runs: TRL's GRPOTrainer, fast-engine
+   rollout, sandbox scoring) on the MXFP4 checkpoint folder, group 2 x 64 tokens: the wiring on the GPU;
+6. ``grpo_bf16``: the same GRPO step on random bf16 weights (V0 and V3) and bf16 rollout tok/s (the baseline);
+7. ``agree``: engine logits on the MXFP4 weights (bf16) and HF eager in bf16 on the dequantized weights, both
    against HF eager in fp32 (is bf16 disagreement the code or the arithmetic?).
 
 Peak = torch.cuda.max_memory_allocated (reserved also recorded). ``--tiny`` runs every phase on the CPU with
@@ -346,11 +350,24 @@ def grpo_variants(peft_model, params, prompt_len, completion, group, label, vari
     return res
 
 
-def long_context(peft_model, params, prompt_len, completion, group, rollout_prompt, rollout_tokens) -> dict:
-    """MXFP4 long-context training step (embeddings offloaded, flex_sinks, TRL's fused head) with and without
-    offloaded checkpoints, and long-rollout timing at the group size."""
-    from ossgym.agents.gptoss.engine import FastGptOss
+LONG_VARIANTS = (  # (name, experts chunk in tokens or None for one pass, checkpoints offloaded), in priority order
+    ("one_pass", None, False),
+    ("chunk2048", 2048, False),
+    ("chunk2048_offload", 2048, True),
+    ("chunk4096", 4096, False),
+    ("chunk1024", 1024, False),
+    ("one_pass_offload", None, True),
+)
+
+
+def long_context(peft_model, params, prompt_len, completion, deadline: float, chunk_divisor: int = 1) -> dict:
+    """MXFP4 long-context training step (embeddings offloaded, flex_sinks, TRL's fused head, paged 8-bit AdamW),
+    micro-batch 1, as LONG_VARIANTS: the experts in one pass (the baseline) or in token chunks, checkpoints on
+    the GPU or offloaded; no variant starts after `deadline` (perf_counter seconds). ``chunk_divisor`` scales
+    the chunks down for the tiny dry run."""
+    from ossgym.agents.gptoss.mxfp4 import set_expert_chunk_tokens
     from ossgym.agents.gptoss.offload import offload_embeddings, restore_embeddings
+    from ossgym.agents.gptoss.weights import EXPERT_CHUNK_TOKENS
     from ossgym.agents.peft_utils import base_model
 
     lm = base_model(peft_model)
@@ -359,17 +376,37 @@ def long_context(peft_model, params, prompt_len, completion, group, rollout_prom
     lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     g = torch.Generator().manual_seed(7)
     seq = torch.randint(0, 200000, (prompt_len + completion,), generator=g).tolist()
-    res: dict = {"tokens": len(seq)}
-    for key, offload in (("step", False), ("step_offload_checkpoints", True)):
+    res: dict = {"tokens": len(seq), "skipped": []}
+    t0 = time.perf_counter()  # flex_sinks compiles once (dynamic shapes) outside the measurement
+    train_pass(lm, params, [seq[: prompt_len + 64]], prompt_len, "flex_sinks", "trl")
+    res["warmup_s"] = time.perf_counter() - t0
+    for name, chunk, offload in LONG_VARIANTS:
+        if time.perf_counter() > deadline:
+            res["skipped"].append(name)
+            continue
+        chunk = chunk // chunk_divisor if chunk else None
+        set_expert_chunk_tokens(lm, chunk)
         try:
-            res[key] = train_pass(lm, params, [seq], prompt_len, "flex_sinks", "trl", offload_checkpoints=offload)
+            res[name] = train_pass(lm, params, [seq], prompt_len, "flex_sinks", "trl", offload_checkpoints=offload)
         except Exception as exc:  # noqa: BLE001
             traceback.print_exc()
-            res[key] = {"error": repr(exc)[:300]}
+            res[name] = {"error": repr(exc)[:300]}
             lm.eval()
             free()
-        log("long", key, res[key])
+        res[name].update(chunk_tokens=chunk, offload_checkpoints=offload)
+        log("long", name, res[name])
+    set_expert_chunk_tokens(lm, EXPERT_CHUNK_TOKENS)
     lm.gradient_checkpointing_disable()
+    restore_embeddings(peft_model)
+    free()
+    return res
+
+
+def long_rollout(peft_model, group, rollout_prompt, rollout_tokens) -> dict:
+    """Long-rollout timing at the group size: one prompt prefilled once, its cache copied to the group's rows."""
+    from ossgym.agents.gptoss.engine import FastGptOss
+
+    g = torch.Generator().manual_seed(8)
     prompt = torch.randint(0, 200000, (rollout_prompt,), generator=g).tolist()
     before = reset_peak()
     engine = FastGptOss(peft_model, max_batch_size=group, max_seq_len=rollout_prompt + rollout_tokens + 8,
@@ -383,13 +420,48 @@ def long_context(peft_model, params, prompt_len, completion, group, rollout_prom
     sync()
     dt = time.perf_counter() - t0
     n = sum(len(t) for t in out.tokens)
-    res["rollout"] = {"prompt": rollout_prompt, "group": group, "new_tokens": rollout_tokens, "before_gib": before,
-                      **peaks(), "cache_gib": engine.cache.nbytes() / GIB, "first_call_s": prefill_s,
-                      "generate_s": dt, "tok_per_s_incl_prefill": n / dt}
-    log("long rollout", res["rollout"])
+    res = {"prompt": rollout_prompt, "group": group, "new_tokens": rollout_tokens, "before_gib": before,
+           **peaks(), "cache_gib": engine.cache.nbytes() / GIB, "first_call_s": prefill_s,
+           "generate_s": dt, "tok_per_s_incl_prefill": n / dt}
+    log("long rollout", res)
     engine.release()
     del engine
-    restore_embeddings(peft_model)
+    free()
+    return res
+
+
+def train_run(path: Path, out_dir: Path) -> dict:
+    """One ``run_training`` step (what ``ossgym train --model DIR`` runs) on the MXFP4 checkpoint folder: TRL's
+    GRPOTrainer, the fast engine's rollout, sandbox scoring, split expert LoRA, offloaded embeddings, paged
+    8-bit AdamW (CUDA); group 2 x 64 new tokens. The agent comes from ``load_agent`` with the engine's compile
+    off (CUDA graphs on), as in the rest of this script; the merged export is off (the adapter is saved)."""
+    import dataclasses
+
+    from ossgym.agents.gptoss.mxfp4 import OssExperts
+    from ossgym.agents.peft_utils import base_model
+    from ossgym.training.config import GRPORunConfig
+    from ossgym.training.run import load_agent, run_training
+
+    config = GRPORunConfig(model=str(path), steps=1, group_size=2, max_completion_length=64, num_dataset_rows=2,
+                           lora_target_parameters=("mlp.experts.gate_up_proj", "mlp.experts.down_proj"),
+                           offload_embeddings=True, optim="paged_adamw_8bit" if CUDA else "adamw_torch",
+                           output_dir=str(out_dir))
+    before = reset_peak()
+    t0 = time.perf_counter()
+    agent = load_agent(config)
+    agent.config = dataclasses.replace(agent.config, compile=False)
+    load_s = time.perf_counter() - t0
+    experts = base_model(agent.model).model.layers[0].mlp.experts
+    fmt = experts.format if isinstance(experts, OssExperts) else type(experts).__name__
+    result = run_training(config, agent=agent, export_merged=False, progress=False)
+    res = {"before_gib": before, **peaks(), "load_s": load_s, "wall_s": time.perf_counter() - t0,
+           "experts": fmt, "generation_backend": result.generation_backend, "records": result.records,
+           "adapter_files": sorted(p.name for p in result.adapter_dir.iterdir()) if result.adapter_dir else None}
+    if result.adapter_dir is not None:
+        cfg = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+        res["adapter_target_parameters"] = cfg.get("target_parameters")
+    log("train", {k: v for k, v in res.items() if k != "records"})
+    del agent, result
     free()
     return res
 
@@ -466,10 +538,13 @@ def agreement(path: Path, tokens: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None)
-    parser.add_argument("--skip", default="", help="comma-separated phases to skip: kernel,speed,grpo,long,bf16,agree")
+    parser.add_argument("--skip", default="", help="comma-separated phases to skip (a name or its first _-part): kernel,speed,grpo (both),grpo_bf16,"
+                        "long,longroll,train,agree")
     parser.add_argument("--completion", type=int, default=1024)
     parser.add_argument("--long-completion", type=int, default=16384)
     parser.add_argument("--budget-s", type=float, default=480.0, help="start no phase after this many seconds")
+    parser.add_argument("--long-budget-s", type=float, default=400.0,
+                        help="start no long-context variant after this many seconds")
     parser.add_argument("--prev-weights", default=None, help="path of the previous weights.py (kernel baseline)")
     parser.add_argument("--tiny", action="store_true", help="CPU dry run: tiny config, toy lengths")
     args = parser.parse_args()
@@ -486,6 +561,8 @@ def main() -> int:
     import transformers
 
     results["transformers"], results["peft"] = transformers.__version__, peft.__version__
+    results["ossgym"] = ossgym.__file__
+    log("ossgym from", ossgym.__file__)
     out_path = args.out or (str(Path(os.environ["OUT"]) / "bench_memory.json") if os.environ.get("OUT") else None)
 
     def save():
@@ -511,7 +588,7 @@ def main() -> int:
         spec.loader.exec_module(prev)
 
     def phase(name, fn):
-        if name.split(":")[0] in skip:
+        if name in skip or name.split("_")[0] in skip:
             return None
         if time.perf_counter() - T0 > args.budget_s:
             results["skipped"].append(name)
@@ -559,9 +636,12 @@ def main() -> int:
     phase("grpo_mxfp4", lambda: grpo_variants(peft_model, params, lengths["prompt"], lengths["completion"],
                                               lengths["group"], "mxfp4", ["V0", "V1", "V2", "V3", "V4", "V5"]))
     phase("long_mxfp4", lambda: long_context(peft_model, params, lengths["long_prompt"], lengths["long"],
-                                             lengths["group"], lengths["rollout_prompt"], lengths["rollout_tokens"]))
+                                             T0 + args.long_budget_s, 16 if args.tiny else 1))
+    phase("longroll", lambda: long_rollout(peft_model, lengths["group"], lengths["rollout_prompt"],
+                                           lengths["rollout_tokens"]))
     del peft_model, model, params, expert_params
     free()
+    phase("train", lambda: train_run(tmp, tmp / "run"))
 
     def bf16():
         model = random_model(config, DEV)
@@ -611,7 +691,23 @@ def print_table(r: dict) -> None:
                 print(f"| {v} | {f(x.get('before_gib'))} | {f(x.get('peak_gib'))} | {f(x.get('peak_reserved_gib'))} | "
                       f"{f(x.get('step_peak_gib'))} | {f(x.get('train_s'), '{:.1f}')} |")
     lc = r.get("long_mxfp4") or {}
-    print("\nlong:", json.dumps(lc, default=str))
+    print(f"\nlong context, {lc.get('tokens')} tokens, micro-batch 1 (warm-up {f(lc.get('warmup_s'), '{:.1f}')} s; "
+          f"skipped {lc.get('skipped')})")
+    print("| variant | experts chunk | checkpoints offloaded | before | peak | reserved | step s | error |\n"
+          "|---|---:|---|---:|---:|---:|---:|---|")
+    for name, x in lc.items():
+        if isinstance(x, dict) and "offload_checkpoints" in x:
+            print(f"| {name} | {x.get('chunk_tokens') or 'one pass'} | {x.get('offload_checkpoints')} | "
+                  f"{f(x.get('before_gib'))} | {f(x.get('peak_gib'))} | {f(x.get('peak_reserved_gib'))} | "
+                  f"{f(x.get('train_s'), '{:.1f}')} | {x.get('error', '')} |")
+    tr = r.get("train") or {}
+    rec = (tr.get("records") or [{}])[-1]
+    print(f"\ntrain (run_training, 1 step): experts {tr.get('experts')}, peak {f(tr.get('peak_gib'))} GiB "
+          f"(reserved {f(tr.get('peak_reserved_gib'))}), load {f(tr.get('load_s'), '{:.1f}')} s, wall "
+          f"{f(tr.get('wall_s'), '{:.1f}')} s, backend {tr.get('generation_backend')}, adapter "
+          f"{tr.get('adapter_files')} targets {tr.get('adapter_target_parameters')}")
+    print("last record:", json.dumps(rec, default=str)[:1500])
+    print("longroll:", json.dumps(r.get("longroll"), default=str))
     print("agree:", json.dumps(r.get("agree"), default=str))
     print("errors:", r.get("errors"), "skipped:", r.get("skipped"), "wall", f(r.get("wall_s"), "{:.0f}"))
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ossgym.agents.gptoss.moe import experts_loop, route
+from ossgym.errors import ConfigError
 from ossgym.agents.gptoss.weights import (
     LoraFactors,
     Mxfp4,
@@ -83,6 +84,99 @@ def test_experts_forward_mxfp4_and_split_lora_equal_dense_reference():
     out = experts_forward(x, weights, index, gate_up, gub.double(), down, db.double(), 1.702, 7.0,
                           (f64(lora_gu),), (f64(lora_d),))
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)  # the routed sum accumulates in fp32
+
+
+def _experts_case(tokens=37, seed=0):
+    """MXFP4 experts with split LoRA on both projections (fp32), x and the router weight requiring grad."""
+    torch.manual_seed(seed)
+    experts, hidden, inter, rank = 4, 64, 32, 2
+    gate_up = quantize_experts(torch.randn(experts, hidden, 2 * inter) / 8)
+    down = quantize_experts(torch.randn(experts, inter, hidden) / 6)
+    gub, db = torch.randn(experts, 2 * inter) / 10, torch.randn(experts, hidden) / 10
+    leaves = [torch.randn(experts, hidden, rank), torch.randn(experts, rank, 2 * inter) / 10,
+              torch.randn(experts, inter, rank), torch.randn(experts, rank, hidden) / 10,
+              torch.randn(tokens, hidden), torch.randn(experts, hidden)]
+    leaves = [t.requires_grad_(True) for t in leaves]
+
+    def run(chunk_tokens, grad=True):
+        a1, b1, a2, b2, x, router = leaves
+        weights, index = route(x, router, torch.zeros(experts), 2)
+        out = experts_forward(x, weights, index, gate_up, gub, down, db, 1.702, 7.0, (LoraFactors(a1, b1, 0.5),),
+                              (LoraFactors(a2, b2, 2.0),), chunk_tokens=chunk_tokens)
+        if not grad:
+            return out
+        return out, torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(), leaves)
+
+    return run
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 5, 16, 36])
+def test_chunked_experts_equal_one_pass_in_values_and_every_gradient(chunk_tokens):
+    """Chunks over tokens (checkpointed each, as under autograd) give the one-pass output and the gradients of
+    x, the routing (through the router weight) and both split LoRA factors of both projections."""
+    run = _experts_case()
+    ref, ref_grads = run(None)
+    out, grads = run(chunk_tokens)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)  # fp32: row blocking of the matmuls differs
+    for g, r in zip(grads, ref_grads):
+        assert r.abs().sum() > 0
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # without autograd (no checkpoints) too
+        torch.testing.assert_close(run(chunk_tokens, grad=False), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_experts_bound_the_largest_activation():
+    """The largest tensor made in forward + backward shrinks from the whole sequence's routed rows to one chunk's
+    (the probe sees the one-pass gate_up output when it exists)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LargestTensor(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    self.largest = max(self.largest, t.numel())
+            return out
+
+    tokens, chunk = 64, 8
+    run = _experts_case(tokens=tokens)
+    with LargestTensor() as one_pass:
+        run(None)
+    with LargestTensor() as chunked:
+        run(chunk)
+    routed_gate_up = tokens * 2 * 64  # top-2 rows x 2 * intermediate (64)
+    assert one_pass.largest >= routed_gate_up
+    assert chunked.largest <= tokens * 64 < routed_gate_up  # the [tokens, hidden] output and its gradient
+
+
+def test_chunked_experts_in_the_model_under_activation_checkpointing(checkpoint):
+    """A checkpointed training step of the MXFP4 model with split LoRA: the same loss and LoRA gradients with the
+    experts in chunks of 3 tokens as in one pass (nested checkpoints inside the layers' checkpoints)."""
+    from ossgym.agents.gptoss.mxfp4 import set_expert_chunk_tokens
+
+    model, params = _with_lora(checkpoint)
+    model.train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for p in model.parameters():
+        p.requires_grad_(p in set(params))
+    ids = torch.tensor(IDS)
+    results = []
+    for tokens in (None, 3):
+        assert set_expert_chunk_tokens(model, tokens) == len(model.model.layers)
+        for p in params:
+            p.grad = None
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in params]))
+    (loss_ref, grads_ref), (loss_chunked, grads_chunked) = results
+    torch.testing.assert_close(loss_chunked, loss_ref, rtol=1e-5, atol=1e-6)
+    for g, r in zip(grads_chunked, grads_ref):
+        assert r.abs().sum() > 0
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="chunk_tokens"):
+        set_expert_chunk_tokens(model, 0)
 
 
 def test_split_lora_grouped_linear_has_gradients_in_the_factors():
@@ -239,7 +333,6 @@ def test_lora_trains_through_frozen_mxfp4_with_activation_checkpointing(checkpoi
 def test_agent_from_pretrained_keeps_mxfp4(checkpoint):
     from ossgym.agents.agent import GptOssAgent
     from ossgym.agents.gptoss.mxfp4 import OssExperts
-    from ossgym.errors import ConfigError
 
     agent = GptOssAgent.from_pretrained(str(checkpoint), dtype=torch.float32, device="cpu")
     experts = agent.model.model.layers[1].mlp.experts

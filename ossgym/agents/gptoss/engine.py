@@ -33,7 +33,6 @@ from ossgym.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-PREFILL_MOE_CHUNK = 16384  # tokens per MoE call in prefill: bounds the expert activations of long prompts
 MIN_SPAN = 256  # decode reads full-attention caches up to a power-of-two span >= the current length, at least this
 
 
@@ -190,10 +189,8 @@ class FastGptOss:
 
     def _moe(self, i: int, x: torch.Tensor, fns) -> torch.Tensor:
         mlp = self.base.layers[i].mlp
-        flat = x.reshape(-1, x.shape[-1])
-        args = moe_args(mlp)
-        parts = [fns.moe(chunk, *args) for chunk in flat.split(PREFILL_MOE_CHUNK)]
-        return torch.cat(parts).view(x.shape) if len(parts) > 1 else parts[0].view(x.shape)
+        # long prompts: experts_forward runs the experts in chunks of EXPERT_CHUNK_TOKENS (bounded activations)
+        return fns.moe(x.reshape(-1, x.shape[-1]), *moe_args(mlp)).view(x.shape)
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings on the engine's device, wherever the embedding lives (offloaded to the CPU: the ids

@@ -23,6 +23,7 @@ from torch import nn
 
 from ossgym.agents.gptoss.weights import (
     BLOCK,
+    EXPERT_CHUNK_TOKENS,
     LoraFactors,
     Mxfp4,
     dequantize_mxfp4,
@@ -72,6 +73,7 @@ class OssExperts(nn.Module):
                 torch.zeros(self.num_experts, out, dtype=dtype, device=device), requires_grad=False))
         self.lora = nn.ParameterDict()  # "<proj>_a" [E, in, r], "<proj>_b" [E, r, out]
         self.lora_scaling: dict[str, float] = {}
+        self.chunk_tokens: int | None = EXPERT_CHUNK_TOKENS  # tokens per experts pass (set_expert_chunk_tokens)
 
     def expert_weight(self, name: str):
         """The weight of projection `name` through the seam (Mxfp4 or a dense tensor)."""
@@ -93,8 +95,20 @@ class OssExperts(nn.Module):
         return experts_forward(
             hidden_states, routing_weights, router_indices, self.expert_weight("gate_up_proj"),
             self.gate_up_proj_bias, self.expert_weight("down_proj"), self.down_proj_bias, self.alpha, self.limit,
-            lora.get("gate_up_proj"), lora.get("down_proj"),
+            lora.get("gate_up_proj"), lora.get("down_proj"), self.chunk_tokens,
         )
+
+
+def set_expert_chunk_tokens(model: nn.Module, tokens: int | None) -> int:
+    """Tokens per experts pass of every OssExperts layer (None: one pass; see ``experts_forward``); returns the
+    number of layers set. Smaller chunks bound a long sequence's expert activations in training."""
+    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+        raise ConfigError("chunk_tokens", f"must be a positive int or None, got {tokens!r}",
+                          f"Pass {EXPERT_CHUNK_TOKENS} (the default) or None.")
+    layers = [mlp.experts for _, mlp in expert_modules(model) if isinstance(mlp.experts, OssExperts)]
+    for experts in layers:
+        experts.chunk_tokens = tokens
+    return len(layers)
 
 
 def expert_modules(model: nn.Module):
@@ -488,7 +502,7 @@ def weight_bytes(model: nn.Module) -> int:
 
 __all__ = [
     "OssExperts", "add_expert_lora", "add_expert_lora_to_adapter", "convert_experts", "expert_lora_state_dict",
-    "has_oss_experts", "is_mxfp4_checkpoint", "split_expert_targets",
+    "has_oss_experts", "is_mxfp4_checkpoint", "set_expert_chunk_tokens", "split_expert_targets",
     "load_expert_lora_state_dict", "load_gptoss", "merge_expert_lora", "save_expert_lora", "save_mxfp4",
     "to_hf_experts", "weight_bytes",
 ]

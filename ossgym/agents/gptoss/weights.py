@@ -25,11 +25,15 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ossgym.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 BLOCK = 32  # MXFP4: input features sharing one E8M0 scale
 FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+EXPERT_CHUNK_TOKENS = 2048  # tokens per experts pass (see experts_forward); None: the whole sequence at once
 _grouped_mm = getattr(torch, "_grouped_mm", None) or getattr(F, "grouped_mm", None)
 
 try:  # Triton is optional: CUDA only
@@ -322,12 +326,40 @@ def experts_forward(
     limit: float,
     gate_up_lora: LoraFactors | tuple[LoraFactors, ...] | None = None,
     down_lora: LoraFactors | tuple[LoraFactors, ...] | None = None,
+    chunk_tokens: int | None = EXPERT_CHUNK_TOKENS,
 ) -> torch.Tensor:
     """The experts of one layer on tokens x [N, H] routed to `index` [N, k] with `weights` [N, k].
 
     Token-expert pairs are sorted by expert and run as two grouped products (no host sync on CUDA, so CUDA
-    graphs capture it); differentiable in x and in the LoRA factors (and in dense weights).
+    graphs capture it); differentiable in x, the routing weights and the LoRA factors (and in dense weights).
+
+    More than `chunk_tokens` tokens run `chunk_tokens` at a time (tokens are independent: the same result).
+    With autograd on, each chunk is checkpointed, so the per-routed-row activations (gathered inputs, the
+    gate_up output, the SwiGLU temporaries, the fp32 weighted rows: together ~20x the chunk's hidden states)
+    exist for one chunk at a time, in the forward and in the backward, which recomputes them chunk by chunk.
+    That bounds what a long sequence's layer costs under activation checkpointing at the price of one more
+    experts forward in the backward. ``None``: one pass over all tokens.
     """
+    args = (gate_up, gate_up_bias, down, down_bias, alpha, limit, gate_up_lora, down_lora)
+    if chunk_tokens is None or x.shape[0] <= chunk_tokens:
+        return _experts_pass(x, weights, index, *args)
+    if chunk_tokens < 1:
+        raise ConfigError("chunk_tokens", f"must be at least 1 (or None), got {chunk_tokens}",
+                          f"Pass chunk_tokens={EXPERT_CHUNK_TOKENS}.")
+    parts = []
+    for start in range(0, x.shape[0], chunk_tokens):
+        piece = (x[start:start + chunk_tokens], weights[start:start + chunk_tokens], index[start:start + chunk_tokens])
+        if torch.is_grad_enabled():
+            parts.append(checkpoint(_experts_pass, *piece, *args, use_reentrant=False))
+        else:
+            parts.append(_experts_pass(*piece, *args))
+    return torch.cat(parts)
+
+
+def _experts_pass(x: torch.Tensor, weights: torch.Tensor, index: torch.Tensor, gate_up: ExpertWeight,
+                  gate_up_bias: torch.Tensor, down: ExpertWeight, down_bias: torch.Tensor, alpha: float, limit: float,
+                  gate_up_lora, down_lora) -> torch.Tensor:
+    """`experts_forward` over all of x in one pass."""
     num_experts = gate_up_bias.shape[0]
     top_k = index.shape[1]
     flat = index.reshape(-1)
@@ -353,7 +385,7 @@ def expert_weight_bytes(weight: ExpertWeight) -> int:
 
 
 __all__ = [
-    "BLOCK", "ExpertWeight", "FP4_VALUES", "LoraFactors", "Mxfp4", "clamped_swiglu", "dequantize_mxfp4",
+    "BLOCK", "EXPERT_CHUNK_TOKENS", "ExpertWeight", "FP4_VALUES", "LoraFactors", "Mxfp4", "clamped_swiglu", "dequantize_mxfp4",
     "expert_weight_bytes", "experts_forward", "grouped_linear", "mxfp4_grouped_mm", "quantize_experts",
     "quantize_mxfp4",
 ]
