@@ -112,6 +112,43 @@ def test_warm_start_fits_the_head_and_agent_generate_samples_from_it():
                  stop_token_ids=[], chat_template_kwargs={"enable_thinking": True})
 
 
+def test_cpu_fused_lm_head_scores_only_labelled_positions_with_the_same_result(monkeypatch):
+    from trl.trainer import utils as trl_utils
+    from trl.trainer.utils import add_fused_lm_head
+
+    from ossgym.agents.gptoss.tiny import tiny_model
+    from ossgym.training.cpu_head import cpu_fused_lm_head
+
+    model = tiny_model()
+    add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :7] = -100  # a 7-token prompt; the second row's completion ends 2 tokens early (padding)
+    labels[1, -2:] = -100
+    scored = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+
+    def counting_apply(hidden, *args):
+        scored.append(hidden.shape[0])
+        return apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", counting_apply)
+
+    def run():
+        model.zero_grad()
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        (out.log_probs.sum() + out.entropy.sum()).backward()
+        return out.log_probs.detach(), out.entropy.detach(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+
+    before = run()
+    with cpu_fused_lm_head(tile_columns=1000) as applied:
+        after = run()
+    assert applied and scored == [2 * 11, 5 + 3]  # every shifted position before; only the labelled ones after
+    for a, b in zip(before, after):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == 32768 and not trl_utils._use_triton(torch.device("cpu"))
+
+
 # ------------------------------------------------------------------------------------------------------
 # End to end: two GRPO steps on GptOss2048-v0 through the ossgym rollout
 # ------------------------------------------------------------------------------------------------------
