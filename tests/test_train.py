@@ -20,7 +20,11 @@ from ossgym.training import RAW_COMPLETION_FIELD, GRPORunConfig  # noqa: E402
 from ossgym.training.env import EnvRewards, EnvScorer  # noqa: E402
 from ossgym.training.generation import AgentGenerate  # noqa: E402
 from ossgym.training.run import run_training  # noqa: E402
-from ossgym.training.warm_start import STRATEGY_2048_COMPLETIONS, supervised_warm_start  # noqa: E402
+from ossgym.training.warm_start import (  # noqa: E402
+    STRATEGY_2048_COMPLETIONS,
+    completion_probabilities,
+    supervised_warm_start,
+)
 
 FAST_ENGINE = importlib.util.find_spec("ossgym.agents.gptoss.engine") is not None
 ENV_OPTIONS = {"num_games": 1}
@@ -221,20 +225,50 @@ def test_two_steps_train_the_lora_and_export_it(two_step_run):
 LOAD_PROOF_OPTIONS = {"num_games": 1, "move_time_limit_s": 2.0, "time_budget_s": 120.0}
 
 
-@pytest.mark.xfail(strict=False, reason="known open problem (issue 17): under the locked TRL 1.16 / transformers 5.24 "
-                   "stack the tiny policy's 8-step reward curve is not robust (lr 5e-3 collapses into syntax errors; "
-                   "lr 1e-3 clears the bar in a fresh process but not after the other tests of this file ran); the "
-                   "assertion is kept as it was so the run says XPASS once it is fixed")
 def test_grpo_learns_which_strategy_block_pays(tmp_path):
-    torch.manual_seed(0)
-    agent = tiny_agent()
-    prompt = [{"role": "user", "content": "Write strategy(board) for 2048."}]  # short: keeps the CPU run small
-    supervised_warm_start(agent, [prompt], STRATEGY_2048_COMPLETIONS)
-    config = GRPORunConfig(env_id="GptOss2048-v0", env_kwargs=LOAD_PROOF_OPTIONS, steps=8, group_size=8,
-                           max_prompt_length=256, max_completion_length=32, max_seq_len=512, learning_rate=1e-3,
-                           gradient_checkpointing=False, num_dataset_rows=32, output_dir=str(tmp_path), seed=0)
-    result = run_training(config, agent=agent, prompt_fn=lambda seed: prompt, export_merged=False, progress=False)
+    """8 GRPO steps move the warm-started tiny policy onto the completion that scores best.
+
+    What makes the run a function of its seeds: one torch thread (a thread count changes float sums, and a
+    sampled token can flip on the last bit), one dataset row (every step scores the same games, so each
+    completion's reward is a constant: the curve moves only with what the policy samples), work budgets far
+    above what the completions use. What makes the signal robust: plain SGD with TRL's gradient clipping
+    (every step moves the LoRA by at most ``learning_rate``; Adam's first steps move every weight by the
+    learning rate whatever its gradient, which scrambled the warm start's fitted continuations: lr 1e-3
+    lost 90% of the five completions' probability after one step), and an exact check besides the sampled
+    one (the policy's probability of each completion before and after).
+
+    Reward curves of this run (2026-12-02, 2-core machine): CURVES
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        agent = tiny_agent()
+        prompt = [{"role": "user", "content": "Write strategy(board) for 2048."}]  # short: keeps the CPU run small
+        supervised_warm_start(agent, [prompt], STRATEGY_2048_COMPLETIONS)
+        config = GRPORunConfig(env_id="GptOss2048-v0", env_kwargs=LOAD_PROOF_OPTIONS, steps=8, group_size=8,
+                               max_prompt_length=256, max_completion_length=32, max_seq_len=512, learning_rate=0.07,
+                               gradient_checkpointing=False, num_dataset_rows=1, output_dir=str(tmp_path), seed=0)
+        env = EnvRewards(config.env_id, config.env_kwargs)
+        row_seed = env.dataset(1, config.seed)["seed"][0]  # the games every step is scored on
+        scores = [env.env.score(text, row_seed).reward for text in STRATEGY_2048_COMPLETIONS]
+        before = completion_probabilities(agent, prompt, STRATEGY_2048_COMPLETIONS)
+        result = run_training(config, agent=agent, prompt_fn=lambda seed: prompt, export_merged=False, progress=False,
+                              optim="sgd")
+        after = completion_probabilities(agent, prompt, STRATEGY_2048_COMPLETIONS)
+    finally:
+        torch.set_num_threads(threads)
+    assert scores[0] > scores[1] + 0.5 and scores[1] > max(scores[2:]) + 1.0, scores  # ~2.2, 1.2, -0.5, -0.5, -1
+
+    def expected(p):  # the policy's mean reward over the five completions (normalised over them)
+        return sum(pi * r for pi, r in zip(p, scores)) / sum(p)
+
+    # exact: the best completion went from about one in five to most of the policy's mass
+    assert before[0] < 0.3 and after[0] > 0.6, (before, after)
+    assert expected(after) > expected(before) + 1.0, (expected(before), expected(after))
+    # sampled: the rewards the run logged climb, and so does the format component
     rewards = [r["reward"] for r in result.records]
+    print("rewards", [round(r, 3) for r in rewards], "best completion", round(before[0], 3), "->", round(after[0], 3))
     assert len(rewards) == 8
     first, last = sum(rewards[:2]) / 2, sum(rewards[-3:]) / 3
     assert last > first + 0.8, rewards  # the best completion scores about 2.2, the worst -1
