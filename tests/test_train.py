@@ -214,6 +214,35 @@ def test_two_steps_train_the_lora_and_export_it(two_step_run):
     assert (result.merged_dir / "tokenizer.json").exists() and (result.adapter_dir / "adapter_config.json").exists()
 
 
+def test_run_writes_plot_and_report_after_each_step_and_on_interrupt(tmp_path):
+    from transformers import TrainerCallback
+
+    seen = []
+
+    class StopInStepTwo(TrainerCallback):  # runs after the run's own callback, which writes the outputs
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            report = tmp_path / "report.txt"
+            seen.append((state.global_step, report.exists() and "1 steps" in report.read_text(),
+                         (tmp_path / "rewards.png").exists()))
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                (tmp_path / "report.txt").unlink()
+                (tmp_path / "rewards.png").unlink()
+                raise KeyboardInterrupt
+
+    config = GRPORunConfig(env_id="GptOss2048-v0", env_kwargs=ENV_OPTIONS, steps=3, group_size=2,
+                           max_prompt_length=256, max_completion_length=4, max_seq_len=512, num_dataset_rows=4,
+                           gradient_checkpointing=False, output_dir=str(tmp_path), seed=0)
+    prompt = [{"role": "user", "content": "Write strategy(board)."}]
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config, agent=tiny_agent(), prompt_fn=lambda seed: prompt, progress=False,
+                     callbacks=[StopInStepTwo()])
+    assert seen == [(1, True, True)]  # written after step 1 ...
+    assert "1 steps" in (tmp_path / "report.txt").read_text() and (tmp_path / "rewards.png").exists()  # ... and again
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 1
+
+
 # ------------------------------------------------------------------------------------------------------
 # Learning: after a warm start on completions of different quality, GRPO moves towards the good ones
 # ------------------------------------------------------------------------------------------------------
