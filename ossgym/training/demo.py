@@ -17,11 +17,11 @@ from ossgym.training.run import load_agent, run_training
 logger = logging.getLogger(__name__)
 
 DEMO_ENV_OPTIONS = {"num_games": 2}
-# The tiny random model does not read its prompt, but TRL's training forward and backward run over every prompt
-# position: with the env's ~530-token task prompt they were ~95% of the demo's time (measured: forward 37 s +
-# backward 138 s of a 181 s step; generation 4.7 s, scoring 0.5 s). Which part of the backward grows with the
-# prompt is not yet pinned down (TRL's fused LM head skips positions labelled -100). A one-line prompt keeps the
-# step about the completions; the completions are scored by the env exactly as always.
+# The tiny random model does not read its prompt, and TRL's CPU training forward and backward scored every prompt
+# position through the 201,088-row LM head (measured with the env's ~530-token task prompt: forward 37 s +
+# backward 138 s of a 181 s step; generation 4.7 s, scoring 0.5 s). run_training now scores only the completion
+# positions on CPU (training/cpu_head.py); a one-line prompt still keeps generation's prefill and the body's
+# forward small. The completions are scored by the env exactly as always.
 DEMO_PROMPT = [{"role": "user", "content": "Write strategy(board) for 2048 in a ```python block."}]
 
 
@@ -41,7 +41,7 @@ def run_demo(output_dir: str | Path = "runs/demo", steps: int = 8, seed: int = 0
     torch.set_num_threads(1)
     config = GRPORunConfig(
         env_id="GptOss2048-v0", env_kwargs=dict(DEMO_ENV_OPTIONS), steps=steps, group_size=8, prompts_per_step=1,
-        max_prompt_length=1024, max_completion_length=32, max_seq_len=2048, learning_rate=3e-3, lora_rank=8,
+        max_prompt_length=1024, max_completion_length=32, max_seq_len=2048, learning_rate=0.07, lora_rank=8,
         lora_alpha=16, gradient_checkpointing=False, num_dataset_rows=64, output_dir=str(output_dir), seed=seed,
     )
     agent = load_agent(config)
@@ -52,6 +52,9 @@ def run_demo(output_dir: str | Path = "runs/demo", steps: int = 8, seed: int = 0
             f" {time.perf_counter() - t0:.1f} s) so the random tiny model samples among them; GRPO then learns"
             " which of them pays.")
     logger.info(warm)
-    note = ("prompt: a one-line task (the tiny model does not read prompts, and TRL's forward and backward over the"
-            " env's 530-token prompt made each step ~6x slower); the completions are scored by the env as always")
-    return run_training(config, agent=agent, prompt_fn=lambda _seed: DEMO_PROMPT, notes=[warm, note])
+    note = ("prompt: a one-line task (the tiny model does not read prompts; it keeps each step small); the"
+            " completions are scored by the env as always; optimizer: SGD")
+    # SGD (TRL clips each step's gradient norm at 1, so a step moves the LoRA by at most the learning rate): Adam's
+    # first steps move every weight by the learning rate whatever its gradient, and scrambled the warm start
+    # (tests/test_train.py::test_grpo_learns_which_strategy_block_pays has the measurements)
+    return run_training(config, agent=agent, prompt_fn=lambda _seed: DEMO_PROMPT, notes=[warm, note], optim="sgd")

@@ -17,7 +17,8 @@ One GRPO step, in the order it happens (TRL's ``GRPOTrainer`` drives it; each pa
    (``frac_reward_zero_std`` in the log).
 5. **Loss.** TRL's training forward recomputes each completion token's log-probability under the policy
    (eager attention with sinks, LoRA on the attention and optionally the experts) and forms the clipped
-   policy-gradient loss (plus ``beta`` x KL against the adapter-free model when ``beta > 0``).
+   policy-gradient loss (plus ``beta`` x KL against the adapter-free model when ``beta > 0``). On CPU its
+   fused LM head scores only the completion positions (:mod:`~ossgym.training.cpu_head`).
 6. **Update.** Backward, one optimizer step on the LoRA weights; the engine sees them in place at the next
    generation (it calls the same modules).
 7. **Log.** :mod:`~ossgym.training.report` appends the step to ``log.jsonl`` (components, reward, loss, and
@@ -31,6 +32,7 @@ TRL called directly, in about sixty lines.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -44,6 +46,7 @@ from ossgym.agents.peft_utils import base_model
 from ossgym.errors import ConfigError
 from ossgym.training import distributed
 from ossgym.training.config import GRPORunConfig
+from ossgym.training.cpu_head import cpu_fused_lm_head
 from ossgym.training.dataset import build_dataset
 from ossgym.training.env import EnvRewards
 from ossgym.training.generation import AgentGenerate
@@ -278,10 +281,11 @@ def _train(config: GRPORunConfig, env: EnvRewards, start: float, output_dir: Pat
         for cls in (PrinterCallback, ProgressCallback):  # our callback logs and shows progress instead
             trainer.remove_callback(cls)
         try:
-            if config.offload_checkpoints:
-                with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
-                    trainer.train()
-            else:
+            with contextlib.ExitStack() as stack:
+                if cpu:  # TRL's CPU head scores the prompt positions too, in page-faulting tiles
+                    stack.enter_context(cpu_fused_lm_head())
+                if config.offload_checkpoints:
+                    stack.enter_context(torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()))
                 trainer.train()
         except KeyboardInterrupt:
             write_outputs()

@@ -21,14 +21,43 @@ logger = logging.getLogger(__name__)
 
 _FINAL = "<|channel|>final<|message|>"
 
-#: Completions for GptOss2048-v0 of decreasing reward (about 2.2, 1.2, -0.5, -0.5, -1.0 with the defaults).
+#: Completions for GptOss2048-v0 of decreasing reward (about 2.2, 1.2, -0.5, -0.5, -1.0 with the defaults): a random
+#: mover (unfenced: the env takes a whole answer that defines ``strategy``), always "W", a policy violation, a
+#: syntax error, no code. The best one parts from the others at its first token, so choosing it is one decision;
+#: when it shared ``def strategy(board):\n`` with the rest and parted only at ``import`` vs ``return``, GRPO's
+#: updates of that late choice also moved the same tokens elsewhere and scrambled the completions.
 STRATEGY_2048_COMPLETIONS: tuple[str, ...] = (
-    _FINAL + '```python\ndef strategy(board):\n    import random\n    return random.choice("WASD")\n```<|return|>',
+    _FINAL + 'import random\ndef strategy(board):\n    return random.choice("WASD")<|return|>',
     _FINAL + '```python\ndef strategy(board):\n    return "W"\n```<|return|>',
     _FINAL + '```python\nimport os\ndef strategy(board):\n    return "W"\n```<|return|>',
     _FINAL + '```python\ndef strategy(board)\n    return "W"\n```<|return|>',
     _FINAL + "I cannot write that.<|return|>",
 )
+
+
+def completion_probabilities(agent: GptOssAgent, prompt: Prompt, completions: Sequence[str]) -> list[float]:
+    """The probability the agent's model (with its adapter, if any) gives each completion after ``prompt``.
+
+    Exact (teacher-forced, temperature 1), not sampled: a learning check that reads it does not depend on
+    which completions a few samples happened to draw.
+    """
+    model, tokenizer = agent.model, agent.tokenizer
+    prompt_ids = agent.encode_prompt(prompt)
+    base = base_model(model)
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.no_grad():
+            for text in completions:
+                ids = tokenizer.encode(text, add_special_tokens=False)
+                seq = torch.tensor([prompt_ids + ids], device=agent.device)
+                hidden = base.model(input_ids=seq).last_hidden_state[0, len(prompt_ids) - 1 : -1]
+                logp = (hidden @ base.lm_head.weight.t()).float().log_softmax(-1)
+                out.append(float(logp.gather(1, torch.tensor(ids, device=agent.device)[:, None]).sum().exp()))
+    finally:
+        model.train(was_training)
+    return out
 
 
 def supervised_warm_start(
