@@ -1,7 +1,7 @@
 """The ossgym command line.
 
   ossgym list     the registered ossgym environments
-  ossgym demo     a short GRPO run of the embedded tiny gpt-oss on GptOss2048-v0 (CPU, about three minutes)
+  ossgym demo     a short GRPO run of the embedded tiny gpt-oss on GptOss2048-v0 (CPU, under a minute)
   ossgym train    GRPO-train a gpt-oss agent (LoRA) on an ossgym code env (flags, or a YAML --config)
   ossgym eval     score a checkpoint on a code env and place it in the env's reference ladder
   ossgym serve    serve an ossgym env as an OpenEnv environment (HTTP and WebSocket, localhost)

@@ -161,7 +161,7 @@ def test_memory_options_are_config_fields_with_choices(tmp_path):
     with pytest.raises(ConfigError, match="experts"):
         GRPORunConfig(output_dir=str(tmp_path), experts="nf4")
     with pytest.raises(ConfigError, match="optim"):
-        GRPORunConfig(output_dir=str(tmp_path), optim="sgd")
+        GRPORunConfig(output_dir=str(tmp_path), optim="adam")
 
 
 def test_split_expert_targets_only_on_ossgym_experts():

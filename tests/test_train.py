@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -26,7 +25,6 @@ from ossgym.training.warm_start import (  # noqa: E402
     supervised_warm_start,
 )
 
-FAST_ENGINE = importlib.util.find_spec("ossgym.agents.gptoss.engine") is not None
 ENV_OPTIONS = {"num_games": 1}
 CODE = '<|channel|>final<|message|>```python\ndef strategy(board):\n    return "W"\n```<|return|>'
 NO_CODE = "<|channel|>final<|message|>I cannot write that.<|return|>"
@@ -106,7 +104,7 @@ def test_warm_start_fits_the_head_and_agent_generate_samples_from_it():
     generate = AgentGenerate(agent)
     out = generate([prompt], num_samples=6, max_new_tokens=20, temperature=1.0, top_p=1.0, seed=1, model=agent.model,
                    stop_token_ids=[200002], chat_template_kwargs={"reasoning_effort": "low"})
-    assert generate.backend == ("fast" if FAST_ENGINE else "reference")
+    assert generate.backend == "fast"  # the agent's default: the fast engine
     assert {g.text for g in out} <= {CODE, NO_CODE}
     # after "<|channel|>final<|message|>" the two completions part: the warm start made that a fair choice
     assert all(abs(math.exp(g.logprobs[3]) - 0.5) < 0.2 for g in out), [g.logprobs[3] for g in out]
@@ -173,7 +171,7 @@ def two_step_run(tmp_path_factory):
 
 def test_two_steps_log_every_component_and_write_outputs(two_step_run):
     result, config = two_step_run
-    assert result.generation_backend == ("fast" if FAST_ENGINE else "reference")
+    assert result.generation_backend == "fast"
     lines = result.log_path.read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert records == result.records and [r["step"] for r in records] == [1, 2]
@@ -285,13 +283,12 @@ def test_grpo_learns_which_strategy_block_pays(tmp_path):
         supervised_warm_start(agent, [prompt], STRATEGY_2048_COMPLETIONS)
         config = GRPORunConfig(env_id="GptOss2048-v0", env_kwargs=LOAD_PROOF_OPTIONS, steps=8, group_size=8,
                                max_prompt_length=256, max_completion_length=32, max_seq_len=512, learning_rate=0.07,
-                               gradient_checkpointing=False, num_dataset_rows=1, output_dir=str(tmp_path), seed=0)
+                               gradient_checkpointing=False, num_dataset_rows=1, output_dir=str(tmp_path), seed=0, optim="sgd")
         env = EnvRewards(config.env_id, config.env_kwargs)
         row_seed = env.dataset(1, config.seed)["seed"][0]  # the games every step is scored on
         scores = [env.env.score(text, row_seed).reward for text in STRATEGY_2048_COMPLETIONS]
         before = completion_probabilities(agent, prompt, STRATEGY_2048_COMPLETIONS)
-        result = run_training(config, agent=agent, prompt_fn=lambda seed: prompt, export_merged=False, progress=False,
-                              optim="sgd")
+        result = run_training(config, agent=agent, prompt_fn=lambda seed: prompt, export_merged=False, progress=False)
         after = completion_probabilities(agent, prompt, STRATEGY_2048_COMPLETIONS)
     finally:
         torch.set_num_threads(threads)

@@ -28,7 +28,7 @@ ATTENTION_IMPLEMENTATIONS = ("auto", "eager", "flex_sinks")
 ROLLOUT_IS_MODES = ("none", "sequence_mask", "sequence_truncate", "token_mask", "token_truncate")
 GENERATION_BACKENDS = ("fast", "trl")
 EXPERT_FORMATS = ("auto", "mxfp4", "bf16")  # auto: MXFP4 for an MXFP4 checkpoint folder (agents/gptoss/mxfp4.py)
-OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit")  # the Trainer's optim; 8-bit: bitsandbytes
+OPTIMIZERS = ("adamw_torch", "sgd", "adamw_8bit", "paged_adamw_8bit")  # the Trainer's optim; 8-bit: bitsandbytes
 
 
 def check_env_id(env_id: str) -> None:
@@ -165,7 +165,8 @@ class GRPORunConfig:
                           "checkpoint folder, else dense)", choices=EXPERT_FORMATS)
     offload_embeddings: bool = option(False, "keep the input embedding table in CPU memory (gpt-oss: 1.08 GiB "
                                       "less on the GPU; the rows of each batch travel)")
-    optim: str = option("adamw_torch", "optimizer of the LoRA weights (8-bit ones: bitsandbytes, CUDA only)",
+    optim: str = option("adamw_torch", "optimizer of the LoRA weights (sgd: TRL clips each step's gradient norm at 1, so a step moves the LoRA by at most "
+                        "the learning rate, as the tiny CPU demo wants; 8-bit ones: bitsandbytes, CUDA only)",
                         choices=OPTIMIZERS)
 
     def __post_init__(self) -> None:

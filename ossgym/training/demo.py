@@ -43,6 +43,7 @@ def run_demo(output_dir: str | Path = "runs/demo", steps: int = 8, seed: int = 0
         env_id="GptOss2048-v0", env_kwargs=dict(DEMO_ENV_OPTIONS), steps=steps, group_size=8, prompts_per_step=1,
         max_prompt_length=1024, max_completion_length=32, max_seq_len=2048, learning_rate=0.07, lora_rank=8,
         lora_alpha=16, gradient_checkpointing=False, num_dataset_rows=64, output_dir=str(output_dir), seed=seed,
+        optim="sgd",
     )
     agent = load_agent(config)
     t0 = time.perf_counter()
@@ -57,4 +58,4 @@ def run_demo(output_dir: str | Path = "runs/demo", steps: int = 8, seed: int = 0
     # SGD (TRL clips each step's gradient norm at 1, so a step moves the LoRA by at most the learning rate): Adam's
     # first steps move every weight by the learning rate whatever its gradient, and scrambled the warm start
     # (tests/test_train.py::test_grpo_learns_which_strategy_block_pays has the measurements)
-    return run_training(config, agent=agent, prompt_fn=lambda _seed: DEMO_PROMPT, notes=[warm, note], optim="sgd")
+    return run_training(config, agent=agent, prompt_fn=lambda _seed: DEMO_PROMPT, notes=[warm, note])

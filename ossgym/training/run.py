@@ -99,7 +99,7 @@ def check_memory_options(config: GRPORunConfig, split_targets: tuple[str, ...]) 
     """ConfigError for memory options that cannot work together with this model and machine."""
     import torch
 
-    if config.optim != "adamw_torch" and not torch.cuda.is_available():
+    if "8bit" in config.optim and not torch.cuda.is_available():
         raise ConfigError("optim", f"{config.optim} is a bitsandbytes optimizer for CUDA and there is no GPU",
                           'Use "adamw_torch" on the CPU.')
     if split_targets and not config.lora_targets:
