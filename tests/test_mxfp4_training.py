@@ -227,6 +227,11 @@ def test_one_grpo_step_on_mxfp4_experts_trains_split_lora_and_exports_a_peft_ada
     assert all(v.abs().sum() > 0 for v in expert_b + attention_b)  # B starts at zero: the step moved each
     adapter_config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
     assert sorted(adapter_config["target_parameters"]) == ["mlp.experts.down_proj", "mlp.experts.gate_up_proj"]
+    # the Trainer's checkpoint holds the same whole adapter (the Trainer itself saves only peft's part)
+    checkpoint = result.checkpoints[-1]
+    assert load_file(str(checkpoint / "adapter_model.safetensors")).keys() == adapter.keys()
+    assert json.loads((checkpoint / "adapter_config.json").read_text())["target_parameters"] == \
+        adapter_config["target_parameters"]
     ids, mask = _padded(_prompts([30], seed=6))
     with torch.no_grad():
         ours = agent.model(ids).logits

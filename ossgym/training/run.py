@@ -149,6 +149,23 @@ def _export(trainer: Any, tokenizer: Any, output_dir: Path, merged: bool) -> tup
     return adapter_dir, merged_dir
 
 
+def _expert_lora_checkpoints() -> Any:
+    """A callback that completes each Trainer checkpoint's adapter with the split expert LoRA (the Trainer saves
+    only peft's part), so a checkpoint holds the whole adapter, as the final export does."""
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    from ossgym.agents.gptoss.mxfp4 import add_expert_lora_to_adapter
+
+    class ExpertLoraCheckpoints(TrainerCallback):
+        def on_save(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            if state.is_world_process_zero and model is not None and (folder / "adapter_config.json").exists():
+                add_expert_lora_to_adapter(model, folder)
+
+    return ExpertLoraCheckpoints()
+
+
 def _time_trl_generation(trainer: Any) -> None:
     """Log ``timing/generation_s`` for TRL's own generation too (the ossgym rollout logs its own)."""
     generate = trainer._generate
@@ -275,6 +292,7 @@ def _train(config: GRPORunConfig, env: EnvRewards, start: float, output_dir: Pat
         )
         if split_targets:  # after peft wrapped the model (it freezes what is not its own); the optimizer comes later
             add_expert_lora(trainer.model, config.lora_rank, config.lora_alpha, targets=split_targets, seed=config.seed)
+            trainer.add_callback(_expert_lora_checkpoints())
         if generate is None:
             _time_trl_generation(trainer)
         time_forward_backward(trainer, callback.timings)
