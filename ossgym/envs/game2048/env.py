@@ -53,9 +53,11 @@ class Game2048Config:
         return float(gain)
 
     def rewards_of(self, gains: np.ndarray) -> np.ndarray:
-        """:meth:`reward_of` of each gain of a batch, as float64 (the vector env; gains are never 1)."""
+        """:meth:`reward_of` of each gain of a batch, as float64 (the vector env). log2 goes through the same
+        ``math.log2`` per gain: numpy's vectorized log2 may differ from it in the last bit (numpy 1.26 does),
+        and the vector env must equal the single env exactly."""
         if self.reward_mode == "log2":
-            return np.log2(np.maximum(gains, 1)).astype(np.float64)
+            return np.array([self.reward_of(g) for g in gains.tolist()], dtype=np.float64)
         return gains.astype(np.float64)
 
 
