@@ -264,17 +264,7 @@ def test_chunked_logprobs_agree_with_trl_training_kernel():
 
 
 def test_chunked_logprobs_never_materialise_full_logits():
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class LargestTensor(TorchDispatchMode):
-        largest = 0
-
-        def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in out if isinstance(out, (tuple, list)) else [out]:
-                if isinstance(t, torch.Tensor):
-                    self.largest = max(self.largest, t.numel())
-            return out
+    from tensor_probe import LargestTensor
 
     batch, seq, vocab, chunk = 4, 32, 500, 16
     hidden = torch.randn(batch, seq, 8, requires_grad=True)

@@ -128,17 +128,7 @@ def test_chunked_experts_equal_one_pass_in_values_and_every_gradient(chunk_token
 def test_chunked_experts_bound_the_largest_activation():
     """The largest tensor made in forward + backward shrinks from the whole sequence's routed rows to one chunk's
     (the probe sees the one-pass gate_up output when it exists)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class LargestTensor(TorchDispatchMode):
-        largest = 0
-
-        def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in out if isinstance(out, (tuple, list)) else [out]:
-                if isinstance(t, torch.Tensor):
-                    self.largest = max(self.largest, t.numel())
-            return out
+    from tensor_probe import LargestTensor
 
     tokens, chunk = 64, 8
     run = _experts_case(tokens=tokens)
