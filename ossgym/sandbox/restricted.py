@@ -163,7 +163,6 @@ class _Prepare(ast.NodeTransformer):
 
 SCRUB_NAME = "_scrub_"
 TEXT_NAME = "_text_"
-_CONVERSIONS = frozenset({"str"})  # repr, ascii and format are scrubbing builtins (_SAFE_BUILTINS)
 
 
 class _AddressFreeText(ast.NodeTransformer):
@@ -174,7 +173,7 @@ class _AddressFreeText(ast.NodeTransformer):
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
         self.generic_visit(node)
-        if isinstance(node.func, ast.Name) and node.func.id in _CONVERSIONS:
+        if isinstance(node.func, ast.Name) and node.func.id == "str":  # str stays the type; see _SAFE_BUILTINS
             return ast.copy_location(ast.Call(ast.Name(SCRUB_NAME, ast.Load()), [node], []), node)
         return node
 
@@ -207,19 +206,19 @@ def scrub(value: object) -> object:
     return value
 
 
+_FIELD_CONVERSIONS = {ord("s"): str, ord("r"): repr, ord("a"): ascii}  # FormattedValue.conversion -> function
+
+
 def _text(value: object, conversion: int) -> object:
     """An f-string field: the conversion (!s, !r, !a) done here and scrubbed; without one, values whose type
     formats itself (numbers, str, the code's own classes with __format__) pass as they are and the rest
     (containers, functions: object.__format__ would use their repr) become their scrubbed str."""
-    if conversion == 115:
-        return scrub(str(value))
-    if conversion == 114:
-        return scrub(repr(value))
-    if conversion == 97:
-        return scrub(ascii(value))
-    if type(value).__format__ is object.__format__:
-        return scrub(str(value))
-    return value
+    convert = _FIELD_CONVERSIONS.get(conversion)
+    if convert is None:
+        if type(value).__format__ is not object.__format__:
+            return value
+        convert = str
+    return scrub(convert(value))
 
 
 def _imports_time(tree: ast.Module) -> bool:
