@@ -1,4 +1,4 @@
-"""The custom task of docs/custom_tasks.md (tests/custom_sorting/, written from the guide) runs as an env: scored
+"""The custom task of docs/custom_tasks.md (examples/custom_sorting/, written from the guide) runs as an env: scored
 in a real worker, and registered with gymnasium (made there on the in-process stand-in: nothing is scored)."""
 
 import gymnasium as gym

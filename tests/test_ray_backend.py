@@ -32,9 +32,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def pools():
     assert not ray.is_initialized()
     root = os.path.dirname(HERE)
+    path = os.pathsep.join([root, HERE, os.path.join(root, "examples")])  # the custom task lives in examples/
     local = SandboxPool(2)
     remote = RayPool(actors=2, workers_per_actor=1, max_attempts=2, num_cpus=4,
-                     runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([root, HERE])}})
+                     runtime_env={"env_vars": {"PYTHONPATH": path}})
     remote.info()  # both actors placed: the CPUs Ray reports free from now on leave them out
     try:
         yield local, remote
