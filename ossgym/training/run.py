@@ -228,6 +228,7 @@ def _train(config: GRPORunConfig, env: EnvRewards, start: float, output_dir: Pat
     from transformers import PrinterCallback, ProgressCallback
     from trl import GRPOTrainer
 
+    from ossgym.agents.gptoss.hf_experts import chunk_stock_experts
     from ossgym.agents.gptoss.mxfp4 import add_expert_lora, split_expert_targets
 
     agent = agent if agent is not None else load_agent(config)
@@ -236,6 +237,7 @@ def _train(config: GRPORunConfig, env: EnvRewards, start: float, output_dir: Pat
 
         offload_embeddings(agent.model)
     base = base_model(agent.model)
+    chunk_stock_experts(base)  # stock HF experts train in token chunks, as ossgym's OssExperts do
     attn = config.attn_implementation
     if attn == "auto":
         attn = "flex_sinks" if torch.cuda.is_available() else "eager"
