@@ -279,7 +279,8 @@ def _train(config: GRPORunConfig, env: EnvRewards, start: float, output_dir: Pat
         trainer_class, is_kwargs = GRPOTrainer, {}
         if generate is not None and config.rollout_is_mode != "none":
             trainer_class = type("ISCorrectedGRPOTrainer", (RolloutISCorrection, GRPOTrainer), {})
-            is_kwargs = {"rollout_is_mode": config.rollout_is_mode, "rollout_is_cap": config.rollout_is_cap}
+            is_kwargs = {"rollout_is_mode": config.rollout_is_mode, "rollout_is_cap": config.rollout_is_cap,
+                         "rollout_is_min": config.rollout_is_min}
         trainer = trainer_class(
             **is_kwargs,
             model=agent.model,
