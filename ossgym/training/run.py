@@ -16,8 +16,10 @@ One GRPO step, in the order it happens (TRL's ``GRPOTrainer`` drives it; each pa
    ``(r - mean(group)) / std(group)``. A group whose completions all scored alike teaches nothing
    (``frac_reward_zero_std`` in the log).
 5. **Loss.** TRL's training forward recomputes each completion token's log-probability under the policy
-   (eager attention with sinks, LoRA on the attention and optionally the experts) and forms the clipped
-   policy-gradient loss (plus ``beta`` x KL against the adapter-free model when ``beta > 0``). On CPU its
+   (eager attention with sinks, LoRA on the attention and optionally the experts, which run in checkpointed
+   token chunks, stock or ossgym's: :mod:`~ossgym.agents.gptoss.hf_experts`) and forms the clipped
+   policy-gradient loss, weighted by the rollout's importance ratio (:mod:`~ossgym.training.long_context`),
+   plus ``beta`` x KL against the adapter-free model when ``beta > 0``. On CPU its
    fused LM head scores only the completion positions (:mod:`~ossgym.training.cpu_head`).
 6. **Update.** Backward, one optimizer step on the LoRA weights; the engine sees them in place at the next
    generation (it calls the same modules).
