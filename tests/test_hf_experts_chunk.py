@@ -165,6 +165,7 @@ def test_grpo_run_on_stock_experts_with_beta_trains_chunked_and_saves_a_stock_pe
     result = run_training(config, agent=agent, export_merged=True, progress=False)
     assert result.records and any(r["reward_std"] > 0 for r in result.records)
     assert all(r["kl"] is not None and math.isfinite(r["kl"]) for r in result.records)  # the reference pass ran
+    assert {"is_ratio_min", "is_low_frac", "is_dropped_frac"} <= set(result.records[0]["mismatch"])  # IS logged
     assert all(type(layer.mlp) is ChunkedGptOssMLP for layer in agent.model.model.layers)
     adapter = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
     expert_b = [v for k, v in adapter.items() if ".mlp.experts." in k and "lora_B" in k]
