@@ -177,7 +177,8 @@ class RolloutISCorrection:
 
     def _correct_rollout(self, out: dict) -> None:
         """Set ``out["importance_sampling_ratio"]`` for a scored batch from its rollout log-probs and the training
-        model's (TRL's ``old_per_token_logps`` when it computed them, else scored here without grad); log the mismatch."""
+        model's (TRL's ``old_per_token_logps`` when it computed them, else scored here without grad); log the
+        mismatch."""
         import torch
 
         rollout = out["sampling_per_token_logps"]
