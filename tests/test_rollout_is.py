@@ -163,6 +163,18 @@ def test_metrics_report_ratios_below_one_over_the_cap_whatever_the_bounds(clip_m
     assert tok["mismatch/is_ratio_min"] == pytest.approx(math.exp(-2.0))
 
 
+def test_metrics_keep_ratios_fp32_cannot_hold():
+    """A sequence 120 nats less likely to the trainer (e^-120 is 0 in fp32) and one 120 nats more likely (e^120 is
+    inf in fp32): the reported min and max are the float64 values, not 0 and inf."""
+    train = torch.zeros(2, 4)
+    rollout = torch.tensor([[30.0] * 4, [-30.0] * 4])
+    m = mismatch_metrics(train, rollout, torch.ones(2, 4), "sequence_mask")
+    assert m["mismatch/is_ratio_min"] == pytest.approx(math.exp(-120.0))
+    assert m["mismatch/is_ratio_max"] == pytest.approx(math.exp(120.0))
+    assert m["mismatch/is_low_frac"] == m["mismatch/is_high_frac"] == 0.5
+    assert m["mismatch/is_dropped_frac"] == 1.0  # above the cap, and a weight of e^-120 that is 0 in fp32
+
+
 def test_rollout_is_min_is_a_checked_run_option():
     from ossgym.training.config import GRPORunConfig
 

@@ -105,10 +105,10 @@ def mismatch_metrics(train_logps: torch.Tensor, rollout_logps: torch.Tensor, mas
         }
     if mode is None:
         return out
-    raw = raw_is_ratio(train_logps, rollout_logps, mask, mode)
-    applied = bound_is_ratio(raw, mode, cap, clip_min)
+    applied = bound_is_ratio(raw_is_ratio(train_logps, rollout_logps, mask, mode), mode, cap, clip_min)
+    raw = raw_is_ratio(train_logps.double(), rollout_logps.double(), mask, mode)  # finite to e^+-709
     units = mask.bool().any(-1, keepdim=True) if mode.startswith("sequence") else mask.bool()
-    raw, applied = raw[units].float(), applied[units].float()
+    raw, applied = raw[units], applied[units].float()
     if raw.numel() == 0:
         return out
     out.update({
