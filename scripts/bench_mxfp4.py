@@ -5,13 +5,17 @@ Phases (``--phases``, in this order; each recorded in the JSON, a failure record
 
 - ``kernel``: the MXFP4 grouped product on gpt-oss-20b's layer-0 experts (random MXFP4 weights) at decode sizes
   (4 / 32 / 64 / 128 / 256 routed rows: batch 1 / 8 / 16 / 32 / 64 x top-4) and 4,096 rows: every candidate tile
-  of the one-row kernel and of the tensor-core kernel, checked against the torch path (fp32) and timed, beside
+  of the one-row kernel and of the tensor-core kernel, checked against the torch path (fp32) and timed (device
+  time from CUDA-graph replays; ``launch_ms``: one launch from Python, gaps included), beside
   the previous kernel (``--prev-weights``, same run) and bf16 ``grouped_mm`` on the dequantized weights (the
   dense path). The fastest correct tiles and the row threshold become weights.py's tiles for the later phases;
   the table prints them (they are what weights.py ships).
 - ``speed``: rollout tok/s through the fast engine as shipped (compiled decode, CUDA graphs) at batch 1 / 8 / 64:
   bf16 without LoRA (the issue's baseline), MXFP4 without LoRA, MXFP4 + LoRA r8 on attention and experts (split),
   and the previous kernel with that LoRA.
+- ``nf4``: gpt-oss-20b MXFP4 + LoRA without and with the attention projections and the LM head in bitsandbytes NF4
+  (same run): the group-8 GRPO step's peak (rollout, training) and a 1K + 16K long step's.
+- ``engine_rows``: batch-1 decode through an engine sized for 1 row against one sized for 64.
 - ``step120b``: gpt-oss-120b (its config, random MXFP4 experts built on the GPU: presets.random_mxfp4_model),
   LoRA r8 on attention + split expert LoRA: one group-8 rollout of 1,024 new tokens after a 530-token prompt, the
   engine released, embeddings offloaded, then the policy-gradient forward/backward per sequence (flex_sinks,
@@ -54,6 +58,24 @@ DOT_TILES = [(16, 64, 128, 4, False), (16, 64, 64, 4, False), (16, 128, 64, 4, F
              (128, 128, 64, 8, False), (64, 128, 128, 8, False), (128, 128, 128, 8, True)]
 
 
+def graph_ms(fn, calls: int = 10, reps: int = 20) -> float:
+    """Median device ms of one fn() call: `calls` of them captured in a CUDA graph and replayed, so launch gaps
+    (which dominate single decode-sized launches from Python) stay out; plain bench_ms off CUDA."""
+    if not CUDA:
+        return bench_ms(fn)
+    fn()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return bench_ms(graph.replay, reps) / calls
+
+
 def routed_offs(rows: int, num_experts: int, top_k: int = 4, seed: int = 0) -> torch.Tensor:
     """Group ends of `rows` routed rows as a router makes them: rows / top_k tokens, each on top_k distinct experts."""
     g = torch.Generator().manual_seed(seed)
@@ -73,7 +95,7 @@ def kernel_phase(model, prev) -> dict:
         y = fn().float()
         err = ((y - ref).norm() / ref.norm()).item()
         ok = bool(torch.isfinite(y).all()) and err < 1e-2
-        return {"rel_err": err, "ok": ok, "ms": bench_ms(fn) if ok else None}
+        return {"rel_err": err, "ok": ok, "ms": graph_ms(fn) if ok else None, "launch_ms": bench_ms(fn) if ok else None}
 
     for name in ("gate_up_proj", "down_proj"):
         w = experts.expert_weight(name)
@@ -85,7 +107,7 @@ def kernel_phase(model, prev) -> dict:
                 k = w.out_features if transpose else w.in_features
                 x = torch.randn(rows, k, device=DEV, dtype=torch.bfloat16)
                 ref = W._mxfp4_mm_torch(x.float(), w.blocks, w.scales, offs, transpose)
-                case = {"bf16_grouped_mm_ms": bench_ms(lambda: W._dense_grouped(x, dense_t if transpose else dense,
+                case = {"bf16_grouped_mm_ms": graph_ms(lambda: W._dense_grouped(x, dense_t if transpose else dense,
                                                                                 offs))}
                 if prev is not None:
                     case["prev"] = run(lambda: prev._mxfp4_mm_triton(x, w.blocks, w.scales, offs, transpose), x, ref)
@@ -114,7 +136,8 @@ def kernel_phase(model, prev) -> dict:
 
 def choose_tiles(cases: dict) -> dict:
     """The fastest correct tiles: one-row tile by decode time at 4 and 32 rows (both projections), the threshold as
-    the largest decode size up to which the one-row kernel wins, the tensor-core tiles by 256 and 4,096 rows."""
+    the largest decode size up to which the one-row kernel wins, the tensor-core tiles at 256 rows (small: decode
+    above the threshold) and 4,096 rows (large)."""
     def total(prefix: str, keys) -> dict:
         out: dict = {}
         for key in keys:
@@ -131,7 +154,7 @@ def choose_tiles(cases: dict) -> dict:
     def block_m(cand: str) -> int:
         return int(cand.split()[1].split("/")[0])
 
-    small = {c: t for c, t in total("dot", keys((128, 256))).items() if block_m(c) <= 32}
+    small = total("dot", keys((256,)))  # above the one-row kernel's rows: batch 64 decode
     best_small = min(small, key=small.get)
     large = {c: t for c, t in total("dot", keys((4096,), (0, 1))).items() if block_m(c) >= 64}
     best_large = min(large, key=large.get)
@@ -171,13 +194,14 @@ def split_lora(model):
     return peft_model, params + expert_params
 
 
-def decode_speed(model, batches, new_tokens, prompt_len, label) -> dict:
+def decode_speed(model, batches, new_tokens, prompt_len, label, engine_rows: int | None = None) -> dict:
     """Rollout tok/s at each batch through the engine as shipped (compiled, CUDA graphs; distinct random prompts):
     with the prefill (the issue's measure) and the decode alone (from a second, 1-token call)."""
     from ossgym.agents.gptoss.engine import FastGptOss
 
     res = {}
-    engine = FastGptOss(model, max_batch_size=max(batches), max_seq_len=prompt_len + max(new_tokens.values()) + 8)
+    engine = FastGptOss(model, max_batch_size=engine_rows or max(batches),
+                        max_seq_len=prompt_len + max(new_tokens.values()) + 8)
     g = torch.Generator().manual_seed(0)
     for b in batches:
         prompts = torch.randint(0, 200000, (b, prompt_len), generator=g).tolist()
@@ -230,6 +254,19 @@ def speed_phase(path: Path, config, prev, batches, new_tokens, prompt_len) -> di
     return res
 
 
+def engine_rows_phase(path: Path, new_tokens: int, prompt_len: int) -> dict:
+    """Batch-1 decode of MXFP4 + LoRA through an engine sized for 1 row and one sized for 64 (the speed table's)."""
+    from ossgym.agents.gptoss.mxfp4 import load_gptoss
+
+    model = load_gptoss(path, device=DEV, dtype=torch.bfloat16, experts="mxfp4")
+    peft_model, _ = split_lora(model)
+    res = {rows: decode_speed(peft_model, [1], {1: new_tokens}, prompt_len, f"engine of {rows} rows", rows)
+           for rows in (1, 64)}
+    del peft_model, model
+    free()
+    return res
+
+
 def profile_phase(path: Path, batch: int, prompt_len: int) -> dict:
     """Where a decode step's time goes (MXFP4 + LoRA, compiled): wall time per token in generate, one captured
     step's replay alone (device time), and the kernels of eager-launched steps by CUDA time."""
@@ -265,6 +302,49 @@ def profile_phase(path: Path, batch: int, prompt_len: int) -> dict:
     engine.release()
     del engine, peft_model, model
     free()
+    return res
+
+
+def nf4_phase(path: Path, parts: tuple[str, ...], prompt_len: int, completion: int, group: int,
+              long_tokens: int) -> dict:
+    """gpt-oss-20b MXFP4 + LoRA as in ``step120b``, without and then with ``parts`` in NF4 (nf4.py), same run: the
+    group-8 GRPO step (rollout, then training) and one long step (1K prompt + `long_tokens`, chunked experts,
+    checkpoints offloaded)."""
+    from ossgym.agents.gptoss.mxfp4 import load_gptoss, set_expert_chunk_tokens, weight_bytes
+    from ossgym.agents.gptoss.nf4 import quantize_nf4
+    from ossgym.agents.gptoss.offload import offload_embeddings
+    from ossgym.agents.peft_utils import base_model
+
+    res: dict = {}
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, 200000, (prompt_len,), generator=g).tolist()
+    long_seq = torch.randint(0, 200000, (1024 + long_tokens,), generator=g).tolist()
+    for name, quantized in (("mxfp4", ()), ("mxfp4+nf4 " + ",".join(parts), parts)):
+        reset_peak()
+        model = load_gptoss(path, device=DEV, dtype=torch.bfloat16, experts="mxfp4")
+        if quantized:
+            quantize_nf4(model, quantized)
+        row: dict = {"weights_gib": weight_bytes(model) / GIB, "allocated_gib": torch.cuda.memory_allocated() / GIB
+                     if CUDA else 0.0}
+        peft_model, params = split_lora(model)
+        row["rollout"], engine, seqs = rollout(peft_model, prompt, group, completion)
+        engine.release()
+        del engine
+        free()
+        offload_embeddings(peft_model)
+        lm = base_model(peft_model)
+        fused_head(lm)
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lm.config.use_cache = False
+        train_pass(lm, params, [seqs[0][: prompt_len + 64]], prompt_len, "flex_sinks", "trl")  # compile flex once
+        row["train"] = train_pass(lm, params, seqs, prompt_len, "flex_sinks", "trl")
+        row["step_peak_gib"] = max(row["train"]["peak_gib"], row["rollout"]["peak_gib"])
+        set_expert_chunk_tokens(lm, 2048)
+        row["long"] = train_pass(lm, params, [long_seq], 1024, "flex_sinks", "trl", offload_checkpoints=True)
+        log("nf4 phase", name, row)
+        res[name] = row
+        del lm, peft_model, model, params, seqs
+        free()
     return res
 
 
@@ -367,7 +447,7 @@ def cli_phase(path: Path, out_dir: Path) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--phases", default="kernel,speed,profile,step120b,budget,cli")
+    parser.add_argument("--phases", default="kernel,speed,engine_rows,profile,nf4,step120b,budget,cli")
     parser.add_argument("--out", default=None)
     parser.add_argument("--prev-weights", default=None, help="path of the previous weights.py (kernel baseline)")
     parser.add_argument("--lengths", default="4096,16384,32768,65536,131072")
@@ -410,7 +490,7 @@ def main() -> int:
         spec.loader.exec_module(prev)
     config = tiny_config() if args.tiny else gpt_oss_20b_config()
     tmp = Path(tempfile.mkdtemp(prefix="gptoss-mxfp4-"))
-    if any(p in phases for p in ("kernel", "speed", "profile", "budget", "cli")):
+    if any(p in phases for p in ("kernel", "speed", "engine_rows", "profile", "nf4", "budget", "cli")):
         results["write_s"] = write_random_mxfp4(config, tmp)
         log("wrote the MXFP4 checkpoint", results["write_s"])
     if "kernel" in phases and CUDA:
@@ -424,7 +504,10 @@ def main() -> int:
     phase("speed", lambda: speed_phase(tmp, config, prev, batches, new_tokens, 40 if tiny else 530))
     from ossgym.agents.gptoss.presets import gpt_oss_120b_config
 
+    phase("engine_rows", lambda: engine_rows_phase(tmp, 8 if tiny else 128, 40 if tiny else 530))
     phase("profile", lambda: profile_phase(tmp, 1 if not tiny else 1, 40 if tiny else 530))
+    phase("nf4", lambda: nf4_phase(tmp, ("attention", "lm_head"), 40 if tiny else 530, 16 if tiny else 1024,
+                                   4 if tiny else 8, 300 if tiny else 16384))
     phase("step120b", lambda: step120b_phase(config if tiny else gpt_oss_120b_config(), 40 if tiny else 530, 16 if tiny else 1024, 4 if tiny else 8))
     phase("cli", lambda: cli_phase(tmp, tmp / "cli_run"))
     lengths = [300, 600] if tiny else [int(v) for v in args.lengths.split(",")]

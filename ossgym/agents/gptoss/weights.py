@@ -277,8 +277,8 @@ def _triton_ok(x: torch.Tensor) -> bool:
 # GEMV_MAX_ROWS rows (decode) take the one-row kernel, larger ones the tensor-core kernel, with the small or large
 # tile (block_m, block_n, block_k, warps, split: see the kernel) by rows per expert.
 GEMV_MAX_ROWS = 128
-GEMV_TILE = {"block_n": 16, "block_g": 8, "num_warps": 4}
-DOT_TILES = {"small": (16, 64, 128, 4, False), "large": (128, 128, 64, 8, False)}
+GEMV_TILE = {"block_n": 16, "block_g": 8, "num_warps": 2}
+DOT_TILES = {"small": (64, 128, 128, 8, False), "large": (128, 128, 64, 8, False)}
 
 
 def row_experts(offs: torch.Tensor, rows: int) -> torch.Tensor:
@@ -366,8 +366,10 @@ mxfp4_grouped_mm.register_autograd(_backward, setup_context=_setup_context)
 
 # ----------------------------------------------------------------------------------------------- the seam
 def _dense_grouped(x: torch.Tensor, weight: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
-    """x sorted by expert @ weight[e] ([E, in, out]); grouped_mm on CUDA bf16, else a loop (host sync)."""
-    if _grouped_mm is not None and x.is_cuda and x.dtype == torch.bfloat16:
+    """x sorted by expert @ weight[e] ([E, in, out]); grouped_mm on CUDA bf16 (which needs 16-byte rows: in and
+    out multiples of 8, so not a LoRA rank of 4), else a loop (host sync)."""
+    if (_grouped_mm is not None and x.is_cuda and x.dtype == torch.bfloat16 and weight.shape[-1] % 8 == 0
+            and weight.shape[-2] % 8 == 0):
         return _grouped_mm(x, weight, offs=offs)
     parts, start = [], 0
     for e, end in enumerate(offs.tolist()):
