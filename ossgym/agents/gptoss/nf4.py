@@ -4,8 +4,11 @@
 (quant_type nf4, blocks of 64 weights with one absmax each, compute in the model's dtype), one layer at a time,
 so memory only shrinks while it runs. The parts (:data:`PARTS`):
 
-- ``"attention"``: q/k/v/o_proj of every layer; peft puts its LoRA onto ``Linear4bit`` natively (QLoRA), so the
-  attention LoRA trains over the frozen 4-bit weights.
+- ``"attention"``: q/k/v/o_proj of every layer. peft puts its LoRA onto a ``Linear4bit`` as onto any
+  ``nn.Linear`` (``base_layer(x) + B A x``: QLoRA), so the attention LoRA trains over the frozen 4-bit weights.
+  (peft's bitsandbytes-specific LoRA class is chosen only for models flagged ``is_loaded_in_4bit``, a flag that
+  also makes TRL cast the LoRA weights to bf16; ossgym does not set it, so the LoRA stays in fp32 as on the dense
+  path. Neither peft class may merge: see :func:`dequantize_nf4`.)
 - ``"lm_head"``: the output projection, as :class:`NF4Head`, whose product runs :data:`HEAD_CHUNK_ROWS`
   vocabulary rows at a time (:func:`nf4_linear`), so at most one block of rows is ever dequantized.
 
@@ -20,7 +23,7 @@ What it saves for gpt-oss-20b (presets.GPT_OSS_20B; :func:`nf4_savings` computes
 part          weights      bf16       NF4         saved               saved, double quant
 ============  ===========  =========  ==========  ==================  ===================
 attention     637.0 M      1.187 GiB  0.334 GiB   0.853 GiB           0.880 GiB
-lm_head       579.1 M      1.079 GiB  0.303 GiB   0.775 GiB           0.801 GiB
+lm_head       579.1 M      1.079 GiB  0.303 GiB   0.775 GiB           0.800 GiB
 ============  ===========  =========  ==========  ==================  ===================
 
 (attention: 24 layers x (2,880 x 4,096 + 2 x 2,880 x 512 + 4,096 x 2,880); the biases stay in the model's dtype.)
@@ -170,6 +173,24 @@ def check_nf4(model: nn.Module, parts: Sequence[str], field: str = "nf4") -> lis
     return names
 
 
+def probe_nf4(device: torch.device | str, dtype: torch.dtype, double_quant: bool = False,
+              field: str = "nf4") -> None:
+    """ConfigError naming ``field`` when bitsandbytes cannot quantize and multiply an NF4 layer in ``dtype`` on
+    ``device`` (tried on one 64 x 64 layer, forward and backward)."""
+    try:
+        linear = nn.Linear(BLOCKSIZE, BLOCKSIZE, device=device, dtype=dtype)
+        layer = _nf4_layer(linear, double_quant, head=False)
+        x = torch.ones(2, BLOCKSIZE, device=device, dtype=dtype, requires_grad=True)
+        layer(x).sum().backward()
+        ok = bool(torch.isfinite(x.grad).all())
+    except Exception as exc:  # noqa: BLE001 - any failure of bitsandbytes here means NF4 cannot run on this machine
+        raise ConfigError(field, f"bitsandbytes cannot run NF4 in {dtype} on {device} here: {exc!r}"[:600],
+                          "Leave nf4 out on this machine (or install a bitsandbytes build for this device).") from None
+    if not ok:
+        raise ConfigError(field, f"bitsandbytes' NF4 product gave non-finite values in {dtype} on {device}",
+                          "Leave nf4 out on this machine.")
+
+
 def quantize_nf4(model: nn.Module, parts: Sequence[str], double_quant: bool = False) -> nn.Module:
     """Hold the linear layers of ``parts`` (:data:`PARTS`) of a GptOssForCausalLM (peft-wrapped or not, before any
     LoRA is added to those layers) in NF4, one layer at a time; layers already 4-bit are left. Returns the model."""
@@ -196,7 +217,10 @@ def weight_rows(weight: torch.Tensor, start: int, stop: int) -> tuple[torch.Tens
     per_row = cols // state.blocksize
     if cols % state.blocksize or not 0 <= start < stop <= rows:
         raise ValueError(f"rows {start}:{stop} of a [{rows}, {cols}] NF4 weight in blocks of {state.blocksize}")
-    packed = weight.data.view(-1)[start * cols // 2: stop * cols // 2].view(-1, 1)
+    data = weight.data  # bitsandbytes' canonical [rows * cols / 2, 1] bytes (sliced as is: no full-size view)
+    if data.dim() != 2 or data.shape[1] != 1:
+        data = data.reshape(-1, 1)
+    packed = data[start * cols // 2: stop * cols // 2]
     first, last = start * per_row, stop * per_row
     state2 = None
     if state.nested:
@@ -256,8 +280,9 @@ def _is_lora_layer(module: nn.Module) -> bool:
 def dequantize_nf4(model: nn.Module) -> nn.Module:
     """Replace every bitsandbytes 4-bit layer of ``model`` (peft-wrapped or not) by an ``nn.Linear`` holding its
     dequantized weight, one layer at a time. A peft LoRA layer over one is replaced too, its active adapters
-    merged into the dense weight exactly (peft's own merge would re-quantize the sum to NF4 and round most of
-    the update away), so a later ``merge_and_unload`` leaves it be. Returns the model."""
+    merged into the dense weight exactly (peft's merge would add the update to the packed 4-bit bytes, or with its
+    bitsandbytes class re-quantize the sum and round most of the update away), so a later ``merge_and_unload``
+    leaves it be. Returns the model."""
 
     def replace(name: str, new: nn.Module) -> None:
         parent, _, child = name.rpartition(".")
@@ -284,6 +309,7 @@ def has_nf4(model: nn.Module) -> bool:
 
 __all__ = [
     "HEAD_CHUNK_ROWS", "NF4Head", "PARTS", "check_nf4", "check_parts", "dense_rows", "dequantize_nf4", "has_nf4",
-    "is_nf4_weight", "module_nf4_bytes", "nf4_bytes", "nf4_linear", "nf4_savings", "quantize_nf4", "target_names",
+    "is_nf4_weight", "module_nf4_bytes", "nf4_bytes", "nf4_linear", "nf4_savings", "probe_nf4", "quantize_nf4",
+    "target_names",
     "weight_rows",
 ]
