@@ -65,10 +65,14 @@ def add_lora(model, seed: int = 0):
 def test_only_the_named_parts_become_nf4_and_each_weight_moves_by_at_most_nf4s_rounding(double_quant):
     import bitsandbytes as bnb
 
+    import weakref
+
     model = tiny_model()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    nf4.quantize_nf4(model, ("attention", "lm_head"), double_quant)
     targets = set(nf4.target_names(model, nf4.PARTS))
+    dense = [weakref.ref(model.get_submodule(name).weight) for name in targets]
+    nf4.quantize_nf4(model, ("attention", "lm_head"), double_quant)
+    assert all(ref() is None for ref in dense)  # each dense weight is freed as soon as its layer is replaced
     assert len(targets) == 4 * 4 + 1
     for name, module in model.named_modules():
         assert isinstance(module, bnb.nn.Linear4bit) == (name in targets), name
@@ -250,6 +254,22 @@ def test_chunked_logprobs_and_the_vocab_blocked_head_score_an_nf4_head_exactly(d
     torch.testing.assert_close(entropy, ref_entropy, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(grad, ref_grad, atol=1e-4, rtol=1e-3)
     assert probe.largest <= 4096 * 64 < 10 * VOCAB  # one block's dequantized rows; its logits are 10 x 4,096
+
+
+def test_completion_logprobs_of_an_nf4_model_are_its_logits_log_softmax():
+    from ossgym.training.long_context import completion_logprobs
+
+    model = add_lora(nf4.quantize_nf4(tiny_model(), nf4.PARTS))
+    model.eval()
+    x = ids(2, 11, 9)
+    mask = torch.ones_like(x)
+    mask[1, :3] = 0  # a left-padded row
+    with torch.no_grad():
+        ours = completion_logprobs(model, x, mask, logits_to_keep=5, chunk_size=4)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=x, attention_mask=mask, position_ids=positions).logits[:, -6:-1].float()
+    expected = logits.log_softmax(-1).gather(-1, x[:, -5:, None])[..., 0]
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_trl_fused_head_scores_an_nf4_head_through_the_patch_only():
