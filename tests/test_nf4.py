@@ -368,6 +368,37 @@ def test_a_run_with_nf4_trains_and_exports_a_plain_bf16_model(nf4_run):
     assert (theirs - ours).abs().mean() < 0.1 * nf4_shift, ((theirs - ours).abs().mean(), nf4_shift)
 
 
+def test_merged_mxfp4_export_of_an_nf4_model_loads_in_stock_transformers(tmp_path):
+    """MXFP4 experts + NF4 attention and head + LoRA: the merged export is the official MXFP4 layout with plain
+    dense attention and head (no bitsandbytes keys), and stock transformers gives the NF4 + LoRA model's logits."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, Mxfp4Config
+
+    from ossgym.agents.gptoss.mxfp4 import convert_experts
+    from ossgym.agents.gptoss.tokenizer import load_tokenizer
+    from ossgym.training.run import _export
+
+    model = tiny_model()
+    convert_experts(model, "mxfp4")
+    model = add_lora(nf4.quantize_nf4(model, nf4.PARTS))
+    model.eval()
+    x = ids(2, 10, 31)
+    with torch.no_grad():
+        ours = model(input_ids=x).logits
+    trainer = SimpleNamespace(model=model)
+    _, merged_dir = _export(trainer, load_tokenizer(), tmp_path, merged=True)
+    tensors = load_file(str(merged_dir / "model.safetensors"))
+    assert not [k for k in tensors if "absmax" in k or "quant" in k or "bitsandbytes" in k]
+    assert tensors["lm_head.weight"].shape == (VOCAB, 64) and "model.layers.0.mlp.experts.down_proj_blocks" in tensors
+    hf = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32, attn_implementation="eager",
+                                              quantization_config=Mxfp4Config(dequantize=True)).eval()
+    with torch.no_grad():
+        theirs = hf(input_ids=x).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-3, rtol=0)  # fp32 export: the same weights, summed again
+
+
 # ---------------------------------------------------------------------------------------------- config
 @pytest.mark.parametrize("kwargs, field", [
     ({"nf4": ("router",)}, "nf4"),
