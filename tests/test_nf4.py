@@ -318,7 +318,7 @@ def nf4_run(tmp_path_factory):
     from ossgym.agents.agent import GptOssAgent
     from ossgym.training import GRPORunConfig
     from ossgym.training.env import EnvRewards
-    from ossgym.training.run import quantize_parts, run_training
+    from ossgym.training.run import run_training
     from ossgym.training.warm_start import supervised_warm_start
 
     torch.manual_seed(0)
@@ -329,8 +329,7 @@ def nf4_run(tmp_path_factory):
     agent = GptOssAgent.tiny()
     supervised_warm_start(agent, [EnvRewards(config.env_id, config.env_kwargs).prompt(0)], [CODE, NO_CODE], steps=100)
     head = agent.model.lm_head.weight.detach().clone()
-    quantize_parts(agent.model, config.nf4, config.nf4_double_quant)  # what load_agent does
-    return run_training(config, agent=agent, progress=False), config, head
+    return run_training(config, agent=agent, progress=False), config, head  # quantizes the agent's parts
 
 
 def test_a_run_with_nf4_trains_and_exports_a_plain_bf16_model(nf4_run):
@@ -339,6 +338,7 @@ def test_a_run_with_nf4_trains_and_exports_a_plain_bf16_model(nf4_run):
 
     result, config, head = nf4_run
     assert [r["step"] for r in result.records] == [1, 2]
+    assert all(r["mismatch"]["abs_logp_diff_max"] < 1e-3 for r in result.records)  # engine = TRL's NF4 head
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in result.records)
     assert any(r["reward_std"] > 0 for r in result.records) and result.generation_backend == "fast"
     base = tiny_model()

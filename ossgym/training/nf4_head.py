@@ -64,7 +64,8 @@ def nf4_head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
         raise ValueError(f"an NF4 LM head computes {SUPPORTED_OUTPUTS} only, not {extra}")
     vocab = weight.quant_state.shape[0]
     rows = max(NESTED_BLOCKSIZE, chunk_size // NESTED_BLOCKSIZE * NESTED_BLOCKSIZE)
-    hidden = hidden.to(weight.quant_state.dtype)
+    device = hidden.device.type  # the product's dtype as TRL's kernel picks it (cast_lm_head_to_fp32 gives fp32)
+    hidden = hidden.to(torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype)
     grad = torch.is_grad_enabled() and hidden.requires_grad
     args = (float(logit_scale), final_logit_softcapping, 1.0 / temperature)
     logprobs, entropy = [], []

@@ -252,7 +252,10 @@ def _train(config: GRPORunConfig, env: EnvRewards, start: float, output_dir: Pat
 
     from ossgym.agents.gptoss.mxfp4 import add_expert_lora, split_expert_targets
 
-    agent = agent if agent is not None else load_agent(config)
+    if agent is None:
+        agent = load_agent(config)
+    elif config.nf4:  # an agent passed in gets the NF4 parts too (load_agent's are 4-bit already)
+        quantize_parts(agent.model, config.nf4, config.nf4_double_quant)
     if config.offload_embeddings:
         from ossgym.agents.gptoss.offload import offload_embeddings
 
