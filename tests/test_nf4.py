@@ -43,8 +43,10 @@ def ids(rows: int, length: int, seed: int = 0) -> torch.Tensor:
 
 
 def dense_weight(module: torch.nn.Module) -> torch.Tensor:
-    rows = module.weight.quant_state.shape[0]
-    return nf4.dense_rows(module.weight, 0, rows)
+    """The layer's weight as bitsandbytes itself dequantizes it (the whole matrix: the reference)."""
+    from bitsandbytes.functional import dequantize_4bit
+
+    return dequantize_4bit(module.weight.data, module.weight.quant_state)
 
 
 def add_lora(model, seed: int = 0):
@@ -98,6 +100,19 @@ def test_only_the_named_parts_become_nf4_and_each_weight_moves_by_at_most_nf4s_r
     for name, p in model.named_parameters():  # the router, the embedding, norms, sinks and experts are untouched
         if not any(name.startswith(t + ".") for t in targets):
             assert torch.equal(p, before[name]), name
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_row_blocks_are_slices_of_bitsandbytes_own_dequantization(double_quant):
+    model = nf4.quantize_nf4(tiny_model(), ("lm_head",), double_quant)
+    weight, full = model.lm_head.weight, dense_weight(model.lm_head)
+    for start, stop in [(0, 256), (256, 16384), (4096, 4352), (196_608, VOCAB)]:
+        assert torch.equal(nf4.dense_rows(weight, start, stop), full[start:stop]), (start, stop)
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(nf4.nf4_linear(x, weight, chunk_rows=512), x @ full.t(), atol=1e-5, rtol=1e-5)
+    if double_quant:  # a block must start on a 256-absmax boundary (here every 256 rows)
+        with pytest.raises(ValueError):
+            nf4.weight_rows(weight, 100, 356)
 
 
 @pytest.mark.parametrize("double_quant", [False, True])
