@@ -422,6 +422,9 @@ def test_merged_mxfp4_export_of_an_nf4_model_loads_in_stock_transformers(tmp_pat
 ])
 def test_bad_nf4_options_name_the_field(kwargs, field):
     from ossgym.training import GRPORunConfig
+    from ossgym.training.config import NF4_PARTS
+
+    assert NF4_PARTS == nf4.PARTS  # the config names them without importing bitsandbytes
 
     with pytest.raises(ConfigError) as info:
         GRPORunConfig(**kwargs)

@@ -2,8 +2,9 @@
 
 gpt-fast style: a static KV cache (kv_cache.py), attention with sinks (attention.py), grouped-matmul MoE (moe.py),
 on-device sampling (sampling.py). Projections, embeddings and the LM head are called as the HF modules, so peft
-LoRA adapters on them act without a merge, and NF4 layers (nf4.py) run bitsandbytes' own product. On CUDA the decode step's tensor functions are compiled and the whole
-step is captured in a CUDA graph per batch size; prefill runs compiled flex attention.
+LoRA adapters on them act without a merge, and NF4 layers (nf4.py) run bitsandbytes' own product. On CUDA the
+decode step's tensor functions are compiled and the whole step is captured in a CUDA graph per batch size; prefill
+runs compiled flex attention.
 """
 
 from __future__ import annotations

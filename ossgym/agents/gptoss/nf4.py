@@ -64,11 +64,6 @@ NESTED_BLOCKSIZE = 256  # absmaxes per fp32 scale under double quantization (bit
 HEAD_CHUNK_ROWS = 16384
 
 
-def is_nf4_weight(weight: object) -> bool:
-    """Whether ``weight`` is a quantized bitsandbytes 4-bit weight (``Params4bit`` with its quant state)."""
-    return isinstance(weight, bnb.nn.Params4bit) and weight.bnb_quantized and weight.quant_state is not None
-
-
 def check_parts(parts: Sequence[str], field: str = "nf4") -> tuple[str, ...]:
     """The parts as a tuple (duplicates dropped); ConfigError for one that is not in :data:`PARTS`."""
     for part in parts:
@@ -302,14 +297,8 @@ def dequantize_nf4(model: nn.Module) -> nn.Module:
     return model
 
 
-def has_nf4(model: nn.Module) -> bool:
-    """Whether any layer of ``model`` is a bitsandbytes 4-bit layer."""
-    return any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
-
-
 __all__ = [
-    "HEAD_CHUNK_ROWS", "NF4Head", "PARTS", "check_nf4", "check_parts", "dense_rows", "dequantize_nf4", "has_nf4",
-    "is_nf4_weight", "module_nf4_bytes", "nf4_bytes", "nf4_linear", "nf4_savings", "probe_nf4", "quantize_nf4",
-    "target_names",
+    "HEAD_CHUNK_ROWS", "NF4Head", "PARTS", "check_nf4", "check_parts", "dense_rows", "dequantize_nf4",
+    "module_nf4_bytes", "nf4_bytes", "nf4_linear", "nf4_savings", "probe_nf4", "quantize_nf4", "target_names",
     "weight_rows",
 ]
