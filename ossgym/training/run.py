@@ -148,7 +148,7 @@ def _export(trainer: Any, tokenizer: Any, output_dir: Path, merged: bool) -> tup
     if any(getattr(getattr(m, "weight", None), "quant_state", None) is not None for m in model.modules()):
         from ossgym.agents.gptoss.nf4 import dequantize_nf4
 
-        dequantize_nf4(model)  # NF4 layers back to dense nn.Linear, their LoRA merged exactly (peft re-quantizes)
+        dequantize_nf4(model)  # NF4 layers back to dense nn.Linear, their LoRA merged exactly (peft cannot)
     base = model.merge_and_unload()  # folds the adapter into the base weights (in place)
     if has_oss_experts(base):
         fmt = base_model(base).model.layers[0].mlp.experts.format
@@ -256,6 +256,7 @@ def _train(config: GRPORunConfig, env: EnvRewards, start: float, output_dir: Pat
         agent = load_agent(config)
     elif config.nf4:  # an agent passed in gets the NF4 parts too (load_agent's are 4-bit already)
         quantize_parts(agent.model, config.nf4, config.nf4_double_quant)
+        agent.reset_engine()  # an engine built before holds CUDA graphs of the replaced layers
     if config.offload_embeddings:
         from ossgym.agents.gptoss.offload import offload_embeddings
 
