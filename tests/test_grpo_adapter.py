@@ -124,9 +124,10 @@ def prompt_fn(seed: int):
 
 
 def make_trainer(tmp_path, steps, learning_rate, generate, *, model=None, group_size=8, prompts_per_step=2,
-                 scorer=target_scorer, **options):
+                 scorer=target_scorer, trainer_class=None, **options):
     from trl import GRPOTrainer
 
+    trainer_class = trainer_class or GRPOTrainer
     config = GRPORunConfig(
         env_id="Game2048-v0", steps=steps, group_size=group_size, prompts_per_step=prompts_per_step,
         max_prompt_length=8, max_completion_length=8, max_seq_len=64, learning_rate=learning_rate,
@@ -134,7 +135,7 @@ def make_trainer(tmp_path, steps, learning_rate, generate, *, model=None, group_
     )
     funcs = make_reward_funcs(scorer, ["target", "format"])
     args = config.grpo_config(use_cpu=True, bf16=False, lr_scheduler_type="constant", disable_tqdm=True)
-    trainer = GRPOTrainer(
+    trainer = trainer_class(
         model=model if model is not None else tiny_gptoss(),
         reward_funcs=funcs,
         args=args,

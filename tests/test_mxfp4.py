@@ -169,7 +169,11 @@ def test_chunked_experts_in_the_model_under_activation_checkpointing(checkpoint)
         set_expert_chunk_tokens(model, 0)
 
 
-def test_split_lora_grouped_linear_has_gradients_in_the_factors():
+@pytest.mark.parametrize("gathered", [True, False])  # decode-sized (factors gathered per row) and grouped
+def test_split_lora_grouped_linear_has_gradients_in_the_factors(gathered, monkeypatch):
+    from ossgym.agents.gptoss import weights
+
+    monkeypatch.setattr(weights, "GEMV_MAX_ROWS", 128 if gathered else 0)
     torch.manual_seed(0)
     w = torch.randn(3, 8, 6, dtype=torch.float64)
     a = torch.randn(3, 8, 2, dtype=torch.float64, requires_grad=True)
@@ -180,9 +184,27 @@ def test_split_lora_grouped_linear_has_gradients_in_the_factors():
     rows = [0, 0, 2, 2, 2]
     ref = torch.stack([x[i] @ (w[e] + 0.5 * a[e] @ b[e]) for i, e in enumerate(rows)])
     torch.testing.assert_close(y, ref)
-    ga = torch.autograd.grad(y.sum(), a)[0]
-    gref = torch.autograd.grad(ref.sum(), a)[0]
-    torch.testing.assert_close(ga, gref)
+    ga, gb = torch.autograd.grad(y.sum(), (a, b))
+    gref_a, gref_b = torch.autograd.grad(ref.sum(), (a, b))
+    torch.testing.assert_close(ga, gref_a)
+    torch.testing.assert_close(gb, gref_b)
+
+
+def test_random_mxfp4_model_is_built_in_the_official_layout():
+    from ossgym.agents.gptoss.mxfp4 import OssExperts
+    from ossgym.agents.gptoss.presets import gpt_oss_120b_config, random_mxfp4_model
+    from ossgym.agents.gptoss.tiny import tiny_config
+
+    model = random_mxfp4_model(tiny_config(num_hidden_layers=2), "cpu")
+    experts = model.model.layers[1].mlp.experts
+    assert isinstance(experts, OssExperts) and experts.format == "mxfp4"
+    assert set(experts.gate_up_proj_scales.unique().tolist()) == {119, 120, 121}
+    assert experts.down_proj_blocks.float().std() > 50  # random bytes, not zeros
+    assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+    big = gpt_oss_120b_config()
+    assert (big.num_hidden_layers, big.num_local_experts, len(big.layer_types)) == (36, 128, 36)
 
 
 # ------------------------------------------------------------------------------------- checkpoint loading

@@ -17,6 +17,7 @@ from ossgym.errors import ConfigError
 from ossgym.harmony import REASONING_EFFORTS
 from ossgym.options import check_options, option
 from ossgym.sandbox.ray_backend import SCORING_BACKENDS
+from ossgym.training.long_context import check_is_bounds
 
 if TYPE_CHECKING:  # torch is imported where it is used, so the ``ossgym train`` parser stays light
     import torch
@@ -155,6 +156,10 @@ class GRPORunConfig:
                                   "logprobs, as TRL defines it for vLLM (none: off)", choices=ROLLOUT_IS_MODES)
     rollout_is_cap: float = option(3.0, "upper bound of the importance ratio (mask or truncate above it)",
                                    min=1.0)
+    rollout_is_min: float | None = option(
+        None, "lower bound of the importance ratio, TRL's C_min (mask or truncate below it; default: none, as in "
+        "TRL, so a ratio far below 1 keeps its small weight and is counted in mismatch/is_low_frac; 1/cap drops "
+        "both tails, as verl does)", kind=float, min=0.0, min_open=True)
     gradient_checkpointing: bool = option(True, "recompute activations in the backward (less memory, more time)")
     router_aux_loss_coef: float = option(0.0, "weight of the MoE router load-balancing loss (0 for LoRA runs)",
                                          min=0.0)
@@ -230,6 +235,7 @@ class GRPORunConfig:
                 f" = {self.max_prompt_length + self.max_completion_length} exceeds max_seq_len {self.max_seq_len}",
                 "Shorten one of the two lengths or raise max_seq_len (at most the model's context length).",
             )
+        check_is_bounds(self.rollout_is_cap, self.rollout_is_min)
         self.nf4 = tuple(dict.fromkeys(self.nf4))
         if self.nf4_double_quant and not self.nf4:
             raise ConfigError("nf4_double_quant", "is on but nf4 names no part",

@@ -74,7 +74,7 @@ def step_record(step: int, logs: dict, components: Sequence[str], timings: dict)
         "step_s": timings.get("step_s"),
         "peak_gpu_memory_gib": timings.get("peak_gpu_memory_gib"),  # null on CPU
         "learning_rate": get("learning_rate"),
-        # rollout/training mismatch (training/long_context.py): |delta logp| mean/max, KL, IS ratio mean, dropped
+        # rollout/training mismatch (training/long_context.py mismatch_metrics): |delta logp|, KL, the IS ratio
         "mismatch": {k.split("/", 1)[1]: float(v) for k, v in logs.items() if k.startswith("mismatch/")} or None,
     }
 

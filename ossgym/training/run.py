@@ -16,8 +16,10 @@ One GRPO step, in the order it happens (TRL's ``GRPOTrainer`` drives it; each pa
    ``(r - mean(group)) / std(group)``. A group whose completions all scored alike teaches nothing
    (``frac_reward_zero_std`` in the log).
 5. **Loss.** TRL's training forward recomputes each completion token's log-probability under the policy
-   (eager attention with sinks, LoRA on the attention and optionally the experts) and forms the clipped
-   policy-gradient loss (plus ``beta`` x KL against the adapter-free model when ``beta > 0``). On CPU its
+   (eager attention with sinks, LoRA on the attention and optionally the experts, which run in checkpointed
+   token chunks, stock or ossgym's: :mod:`~ossgym.agents.gptoss.hf_experts`) and forms the clipped
+   policy-gradient loss, weighted by the rollout's importance ratio (:mod:`~ossgym.training.long_context`),
+   plus ``beta`` x KL against the adapter-free model when ``beta > 0``. On CPU its
    fused LM head scores only the completion positions (:mod:`~ossgym.training.cpu_head`).
 6. **Update.** Backward, one optimizer step on the LoRA weights; the engine sees them in place at the next
    generation (it calls the same modules).
@@ -250,6 +252,7 @@ def _train(config: GRPORunConfig, env: EnvRewards, start: float, output_dir: Pat
     from transformers import PrinterCallback, ProgressCallback
     from trl import GRPOTrainer
 
+    from ossgym.agents.gptoss.hf_experts import chunk_stock_experts
     from ossgym.agents.gptoss.mxfp4 import add_expert_lora, split_expert_targets
 
     if agent is None:
@@ -262,6 +265,7 @@ def _train(config: GRPORunConfig, env: EnvRewards, start: float, output_dir: Pat
 
         offload_embeddings(agent.model)
     base = base_model(agent.model)
+    chunk_stock_experts(base)  # stock HF experts train in token chunks, as ossgym's OssExperts do
     attn = config.attn_implementation
     if attn == "auto":
         attn = "flex_sinks" if torch.cuda.is_available() else "eager"
@@ -303,7 +307,8 @@ def _train(config: GRPORunConfig, env: EnvRewards, start: float, output_dir: Pat
         trainer_class, is_kwargs = GRPOTrainer, {}
         if generate is not None and config.rollout_is_mode != "none":
             trainer_class = type("ISCorrectedGRPOTrainer", (RolloutISCorrection, GRPOTrainer), {})
-            is_kwargs = {"rollout_is_mode": config.rollout_is_mode, "rollout_is_cap": config.rollout_is_cap}
+            is_kwargs = {"rollout_is_mode": config.rollout_is_mode, "rollout_is_cap": config.rollout_is_cap,
+                         "rollout_is_min": config.rollout_is_min}
         trainer = trainer_class(
             **is_kwargs,
             model=agent.model,

@@ -100,12 +100,16 @@ class OssExperts(nn.Module):
 
 
 def set_expert_chunk_tokens(model: nn.Module, tokens: int | None) -> int:
-    """Tokens per experts pass of every OssExperts layer (None: one pass; see ``experts_forward``); returns the
-    number of layers set. Smaller chunks bound a long sequence's expert activations in training."""
+    """Tokens per experts pass of every chunked layer, OssExperts or stock experts under ``ChunkedGptOssMLP``
+    (hf_experts.py) (None: one pass; see ``experts_forward``); returns the number of layers set. Smaller chunks
+    bound a long sequence's expert activations in training."""
+    from ossgym.agents.gptoss.hf_experts import ChunkedGptOssMLP
+
     if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
         raise ConfigError("chunk_tokens", f"must be a positive int or None, got {tokens!r}",
                           f"Pass {EXPERT_CHUNK_TOKENS} (the default) or None.")
-    layers = [mlp.experts for _, mlp in expert_modules(model) if isinstance(mlp.experts, OssExperts)]
+    layers = [m for _, mlp in expert_modules(model) for m in (mlp, mlp.experts)
+              if isinstance(m, (OssExperts, ChunkedGptOssMLP))]
     for experts in layers:
         experts.chunk_tokens = tokens
     return len(layers)

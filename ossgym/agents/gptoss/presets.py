@@ -63,3 +63,46 @@ def random_model(config: "GptOssConfig", device: str | torch.device, seed: int =
     finally:
         torch.set_default_dtype(previous)
     return model.to(torch.bfloat16).eval()
+
+
+GPT_OSS_120B = {**GPT_OSS_20B, "num_hidden_layers": 36, "num_local_experts": 128,  # openai/gpt-oss-120b config.json
+                "layer_types": ["sliding_attention", "full_attention"] * 18}
+
+
+def gpt_oss_120b_config(**overrides: object) -> "GptOssConfig":
+    """gpt-oss-120b's config (as `gpt_oss_20b_config`)."""
+    return gpt_oss_20b_config(**{**GPT_OSS_120B, **overrides})
+
+
+@torch.no_grad()
+def random_mxfp4_model(config: "GptOssConfig", device: str | torch.device, seed: int = 0) -> "GptOssForCausalLM":
+    """A model of ``config`` built directly on ``device`` with ossgym's MXFP4 experts (random nibbles, E8M0 scales
+    119-121, i.e. weights of std ~0.02) and random bf16 weights elsewhere: gpt-oss-120b's 61 GiB without a
+    checkpoint on disk or a dense copy anywhere."""
+    from transformers import GptOssForCausalLM
+
+    from ossgym.agents.gptoss.mxfp4 import OssExperts, expert_modules
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("meta"):
+            model = GptOssForCausalLM(config)
+            for _, mlp in expert_modules(model):
+                mlp.experts = OssExperts(config, "mxfp4", device="meta")
+    finally:
+        torch.set_default_dtype(previous)
+    model.to_empty(device=device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if name.endswith("_blocks"):
+            tensor.random_(0, 256, generator=g)
+        elif name.endswith("_scales"):
+            tensor.random_(119, 122, generator=g)
+        elif name.endswith("norm.weight"):
+            tensor.fill_(1.0)
+        elif tensor.is_floating_point():
+            tensor.normal_(0.0, 0.02, generator=g)
+    with torch.device(device):  # non-persistent rope frequencies are computed
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
+    return model.eval()

@@ -128,12 +128,18 @@ def quantize_experts(weight: torch.Tensor) -> Mxfp4:
 if triton is not None:
 
     @triton.jit
-    def _fp4_to_float(nibble):
-        """E2M1 code (int32) -> float32: sign bit 3, exponent bits 2..1, mantissa bit 0."""
-        exp = (nibble >> 1) & 3
-        man = (nibble & 1).to(tl.float32)
-        mag = tl.where(exp == 0, man * 0.5, (1.0 + 0.5 * man) * tl.exp2((exp - 1).to(tl.float32)))
-        return tl.where((nibble & 8) != 0, -mag, mag)
+    def _e2m1(nibble):
+        """E2M1 codes (int32, 0..15) -> exact float32 by bit placement: the sign to bit 31, exponent and mantissa
+        to bits 23..22, which reads as the value times 2^-126 (code 1, 0.5, lands on a subnormal); one multiply
+        by 2^126 restores it (no lookup, no exp2)."""
+        bits = ((nibble & 7) << 22) | ((nibble & 8) << 28)
+        return bits.to(tl.float32, bitcast=True) * 8.507059173023462e37  # 2^126
+
+    @triton.jit
+    def _e8m0(scale):
+        """E8M0 scales (int32) -> 2^(scale - 127) as float32 by placing them in the exponent field (exact for 1..254;
+        0, i.e. 2^-127, reads as 0)."""
+        return (scale << 23).to(tl.float32, bitcast=True)
 
     @triton.jit
     def _dequant_tile(blocks_ptr, scales_ptr, expert, out_idx, out_mask, in_start, in_features,
@@ -147,18 +153,57 @@ if triton is not None:
         group = byte // 16  # 16 bytes (32 values) per scale
         s = tl.load(scales_ptr + expert * stride_se + out_idx[:, None] * stride_so + group[None, :],
                     mask=mask, other=127).to(tl.int32)
-        factor = tl.exp2((s - 127).to(tl.float32))
-        lo = _fp4_to_float(raw & 15) * factor
-        hi = _fp4_to_float(raw >> 4) * factor
+        factor = _e8m0(s)
+        lo = _e2m1(raw & 15) * factor
+        hi = _e2m1(raw >> 4) * factor
         return tl.reshape(tl.join(lo, hi), (ROWS, BLOCK_IN))
+
+    @triton.jit
+    def _mxfp4_gemv_kernel(
+        x_ptr, blocks_ptr, scales_ptr, y_ptr, row_expert_ptr,
+        stride_xm, stride_ym, stride_be, stride_bo, stride_se, stride_so,
+        N: tl.constexpr, GROUPS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+    ):
+        """Few rows per expert (decode): y[row, cols] = x[row] @ W[e].T, one row per program, no tensor cores.
+
+        A weight tile is [BLOCK_N, BLOCK_G groups, 16 bytes] as stored; the low nibbles multiply x's even
+        features and the high nibbles its odd ones, so nothing is interleaved, and each group's scale multiplies
+        its partial sum once."""
+        row = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        expert = tl.load(row_expert_ptr + row)
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_mask = cols < N
+        j = tl.arange(0, 16)
+        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        w_base = blocks_ptr + expert * stride_be + cols[:, None, None] * stride_bo
+        s_base = scales_ptr + expert * stride_se + cols[:, None] * stride_so
+        x_base = x_ptr + row * stride_xm
+        for g0 in range(0, GROUPS, BLOCK_G):
+            g = g0 + tl.arange(0, BLOCK_G)
+            g_mask = g < GROUPS
+            tile_mask = col_mask[:, None] & g_mask[None, :]
+            raw = tl.load(w_base + g[None, :, None] * 16 + j[None, None, :], mask=tile_mask[:, :, None],
+                          other=0).to(tl.int32)
+            x_even = tl.load(x_base + g[:, None] * 32 + 2 * j[None, :], mask=g_mask[:, None], other=0.0)
+            x_odd = tl.load(x_base + g[:, None] * 32 + 2 * j[None, :] + 1, mask=g_mask[:, None], other=0.0)
+            part = tl.sum(_e2m1(raw & 15) * x_even.to(tl.float32)[None, :, :]
+                          + _e2m1(raw >> 4) * x_odd.to(tl.float32)[None, :, :], axis=2)
+            s = tl.load(s_base + g[None, :], mask=tile_mask, other=0).to(tl.int32)
+            acc += tl.sum(part * _e8m0(s), axis=1)
+        tl.store(y_ptr + row * stride_ym + cols, acc.to(y_ptr.dtype.element_ty), mask=col_mask)
 
     @triton.jit
     def _mxfp4_grouped_kernel(
         x_ptr, blocks_ptr, scales_ptr, y_ptr, block_expert_ptr, block_row_ptr, seg_end_ptr,
         stride_xm, stride_ym, stride_be, stride_bo, stride_se, stride_so,
-        N: tl.constexpr, K: tl.constexpr, in_features: tl.constexpr, TRANSPOSE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        N: tl.constexpr, K: tl.constexpr, in_features: tl.constexpr, TRANSPOSE: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
     ):
-        """y[rows of a block] = x[rows] @ W[e].T (TRANSPOSE: @ W[e]); W[e] [out, in] dequantized tile by tile."""
+        """y[rows of a block] = x[rows] @ W[e].T (TRANSPOSE: @ W[e]); W[e] [out, in] dequantized tile by tile.
+
+        SPLIT (not TRANSPOSE): the nibbles are not interleaved into feature order; the low ones multiply x's even
+        features and the high ones its odd features, as two products of half the depth."""
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
         block_expert = tl.load(block_expert_ptr + pid_m)
@@ -175,9 +220,27 @@ if triton is not None:
             for k0 in range(0, K, BLOCK_K):
                 ks = k0 + tl.arange(0, BLOCK_K)
                 k_mask = ks < K
-                a = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=row_mask[:, None] & k_mask[None, :],
-                            other=0.0)
-                if TRANSPOSE:  # K = out features, N = in features
+                if not SPLIT:
+                    a = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :],
+                                mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+                if SPLIT:
+                    byte = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+                    b_mask = byte * 2 < K
+                    x_rows = x_ptr + rows[:, None] * stride_xm + 2 * byte[None, :]
+                    x_mask = row_mask[:, None] & b_mask[None, :]
+                    x_even = tl.load(x_rows, mask=x_mask, other=0.0)
+                    x_odd = tl.load(x_rows + 1, mask=x_mask, other=0.0)
+                    w_mask = col_mask[:, None] & b_mask[None, :]
+                    raw = tl.load(blocks_ptr + expert * stride_be + cols[:, None] * stride_bo + byte[None, :],
+                                  mask=w_mask, other=0).to(tl.int32)
+                    s = tl.load(scales_ptr + expert * stride_se + cols[:, None] * stride_so + byte[None, :] // 16,
+                                mask=w_mask, other=0).to(tl.int32)
+                    factor = _e8m0(s)
+                    lo = (_e2m1(raw & 15) * factor).to(x_even.dtype)
+                    hi = (_e2m1(raw >> 4) * factor).to(x_even.dtype)
+                    acc += tl.dot(x_even, tl.trans(lo))
+                    acc += tl.dot(x_odd, tl.trans(hi))
+                elif TRANSPOSE:  # K = out features, N = in features
                     w = _dequant_tile(blocks_ptr, scales_ptr, expert, ks, k_mask, pid_n * BLOCK_N, in_features,
                                       stride_be, stride_bo, stride_se, stride_so, BLOCK_K, BLOCK_N)
                     acc += tl.dot(a, w.to(a.dtype))
@@ -210,23 +273,48 @@ def _triton_ok(x: torch.Tensor) -> bool:
     return triton is not None and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
 
 
+# Tiles of the CUDA kernels (scripts/bench_memory.py's kernel phase sweeps them on the GPU): products of at most
+# GEMV_MAX_ROWS rows (decode) take the one-row kernel, larger ones the tensor-core kernel, with the small or large
+# tile (block_m, block_n, block_k, warps, split: see the kernel) by rows per expert.
+GEMV_MAX_ROWS = 128
+GEMV_TILE = {"block_n": 16, "block_g": 8, "num_warps": 4}
+DOT_TILES = {"small": (16, 64, 128, 4, False), "large": (128, 128, 64, 8, False)}
+
+
+def row_experts(offs: torch.Tensor, rows: int) -> torch.Tensor:
+    """The expert of each of `rows` expert-sorted rows (group e ends at offs[e]); device ops only."""
+    index = torch.arange(rows, device=offs.device, dtype=offs.dtype)
+    return torch.searchsorted(offs, index, right=True).clamp(max=offs.shape[0] - 1)
+
+
 def _mxfp4_mm_triton(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, offs: torch.Tensor,
                      transpose: bool) -> torch.Tensor:
     num_experts, out_features, groups, _ = blocks.shape
     in_features = groups * BLOCK
     n, k = (in_features, out_features) if transpose else (out_features, in_features)
     x = x.contiguous()
-    y = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
-    if x.shape[0] == 0:
+    rows = x.shape[0]
+    y = torch.empty(rows, n, dtype=x.dtype, device=x.device)
+    if rows == 0:
         return y
-    small = x.shape[0] <= 4 * num_experts * 4  # decode: a few rows per expert
-    block_m, block_n, block_k, warps = (16, 64, 128, 4) if small else (64, 128, 64, 8)
-    block_expert, block_row, max_blocks = _block_layout(offs, x.shape[0], block_m)
+    if not transpose and rows <= GEMV_MAX_ROWS:
+        row_expert = row_experts(offs, rows).to(torch.int32)
+        tile = GEMV_TILE
+        _mxfp4_gemv_kernel[(rows, triton.cdiv(n, tile["block_n"]))](
+            x, blocks, scales, y, row_expert,
+            x.stride(0), y.stride(0), blocks.stride(0), blocks.stride(1), scales.stride(0), scales.stride(1),
+            N=n, GROUPS=groups, BLOCK_N=tile["block_n"], BLOCK_G=tile["block_g"], num_warps=tile["num_warps"],
+        )
+        return y
+    small = rows <= 4 * num_experts * 4  # a few rows per expert
+    block_m, block_n, block_k, warps, split = DOT_TILES["small" if small else "large"]
+    block_expert, block_row, max_blocks = _block_layout(offs, rows, block_m)
     grid = (max_blocks, triton.cdiv(n, block_n))
     _mxfp4_grouped_kernel[grid](
         x, blocks, scales, y, block_expert, block_row, offs.to(torch.int32),
         x.stride(0), y.stride(0), blocks.stride(0), blocks.stride(1), scales.stride(0), scales.stride(1),
-        N=n, K=k, in_features=in_features, TRANSPOSE=transpose, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+        N=n, K=k, in_features=in_features, TRANSPOSE=transpose, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        SPLIT=split and not transpose, num_warps=warps,
     )
     return y
 
@@ -301,9 +389,17 @@ def grouped_linear(x: torch.Tensor, weight: ExpertWeight, offs: torch.Tensor,
     if lora is None:
         return y
     for factors in (lora,) if isinstance(lora, LoraFactors) else lora:
-        a, b = factors.a.to(x.dtype), factors.b.to(x.dtype)
-        y = y + _dense_grouped(_dense_grouped(x, a, offs), b, offs) * factors.scaling
+        y = y + _lora_delta(x, factors.a, factors.b, offs) * factors.scaling
     return y
+
+
+def _lora_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """(x @ a[e]) @ b[e] per row. A few rows (decode): each row's factors gathered and two batched products,
+    cheaper than a grouped GEMM's per-group setup over every expert; more rows: two grouped products."""
+    if x.shape[0] <= GEMV_MAX_ROWS:
+        e = row_experts(offs, x.shape[0])
+        return torch.bmm(torch.bmm(x[:, None], a[e].to(x.dtype)), b[e].to(x.dtype))[:, 0]
+    return _dense_grouped(_dense_grouped(x, a.to(x.dtype), offs), b.to(x.dtype), offs)
 
 
 def clamped_swiglu(gate_up: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:

@@ -1,0 +1,446 @@
+"""Benchmark (GPU): MXFP4 decode kernels and rollout speed, the gpt-oss-120b GRPO step, the MXFP4 long-context
+budget table and ``ossgym train`` through the CLI (issues 16 and 11), each a phase of one run.
+
+Phases (``--phases``, in this order; each recorded in the JSON, a failure recorded and the next phase run):
+
+- ``kernel``: the MXFP4 grouped product on gpt-oss-20b's layer-0 experts (random MXFP4 weights) at decode sizes
+  (4 / 32 / 64 / 128 / 256 routed rows: batch 1 / 8 / 16 / 32 / 64 x top-4) and 4,096 rows: every candidate tile
+  of the one-row kernel and of the tensor-core kernel, checked against the torch path (fp32) and timed, beside
+  the previous kernel (``--prev-weights``, same run) and bf16 ``grouped_mm`` on the dequantized weights (the
+  dense path). The fastest correct tiles and the row threshold become weights.py's tiles for the later phases;
+  the table prints them (they are what weights.py ships).
+- ``speed``: rollout tok/s through the fast engine as shipped (compiled decode, CUDA graphs) at batch 1 / 8 / 64:
+  bf16 without LoRA (the issue's baseline), MXFP4 without LoRA, MXFP4 + LoRA r8 on attention and experts (split),
+  and the previous kernel with that LoRA.
+- ``step120b``: gpt-oss-120b (its config, random MXFP4 experts built on the GPU: presets.random_mxfp4_model),
+  LoRA r8 on attention + split expert LoRA: one group-8 rollout of 1,024 new tokens after a 530-token prompt, the
+  engine released, embeddings offloaded, then the policy-gradient forward/backward per sequence (flex_sinks,
+  TRL's fused head, activation checkpointing) and a paged 8-bit AdamW step: peak memory of each part.
+- ``budget``: gpt-oss-20b MXFP4, one training step of one sequence (micro-batch 1; chunked experts, checkpoints
+  offloaded, embeddings offloaded, flex_sinks, TRL's fused head, paged 8-bit AdamW) at growing lengths: peak and
+  time per length, so the longest step per memory budget follows; at 16K a CUDA memory snapshot of the step
+  (``$OUT/snapshot16k.pickle``) says what the memory beyond the weights is.
+- ``cli`` (before ``budget``): ``python -m ossgym.cli train --model <the MXFP4 folder> ...`` as a user runs it (compiled engine), 2
+  steps, peak GPU memory polled with nvidia-smi.
+
+    PYTHONUNBUFFERED=1 PYTHONPATH=$PWD python3 scripts/bench_mxfp4.py --phases kernel,speed --out $OUT/a.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_memory import (  # noqa: E402
+    CUDA, DEV, GIB, T0, attention_lora, bench_ms, free, fused_head, log, peaks, reset_peak, rollout, sync,
+    train_pass, write_random_mxfp4,
+)
+
+DECODE_ROWS = (4, 32, 64, 128, 256)
+GEMV_TILES = [dict(block_n=bn, block_g=bg, num_warps=w) for bn in (16, 32, 64) for bg in (4, 8) for w in (2, 4)]
+DOT_TILES = [(16, 64, 128, 4, False), (16, 64, 64, 4, False), (16, 128, 64, 4, False), (32, 64, 64, 4, False),
+             (16, 64, 128, 4, True), (16, 128, 128, 4, True), (32, 64, 128, 4, True), (64, 128, 64, 8, False),
+             (128, 128, 64, 8, False), (64, 128, 128, 8, False), (128, 128, 128, 8, True)]
+
+
+def routed_offs(rows: int, num_experts: int, top_k: int = 4, seed: int = 0) -> torch.Tensor:
+    """Group ends of `rows` routed rows as a router makes them: rows / top_k tokens, each on top_k distinct experts."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = max(1, rows // top_k)
+    index = torch.rand(tokens, num_experts, generator=g).topk(top_k, dim=-1).indices.flatten()[:rows]
+    return torch.cumsum(index.bincount(minlength=num_experts), 0).to(torch.int32).to(DEV)
+
+
+def kernel_phase(model, prev) -> dict:
+    from ossgym.agents.gptoss import weights as W
+
+    experts = model.model.layers[0].mlp.experts
+    cases: dict = {}
+    shipped = (dict(W.GEMV_TILE), W.GEMV_MAX_ROWS, dict(W.DOT_TILES))
+
+    def run(fn, x, ref):
+        y = fn().float()
+        err = ((y - ref).norm() / ref.norm()).item()
+        ok = bool(torch.isfinite(y).all()) and err < 1e-2
+        return {"rel_err": err, "ok": ok, "ms": bench_ms(fn) if ok else None}
+
+    for name in ("gate_up_proj", "down_proj"):
+        w = experts.expert_weight(name)
+        dense = w.dense(torch.bfloat16).contiguous()
+        dense_t = dense.transpose(1, 2).contiguous()
+        for rows in DECODE_ROWS + (4096,):
+            offs = routed_offs(rows, w.num_experts)
+            for transpose in (False, True) if rows == 4096 else (False,):
+                k = w.out_features if transpose else w.in_features
+                x = torch.randn(rows, k, device=DEV, dtype=torch.bfloat16)
+                ref = W._mxfp4_mm_torch(x.float(), w.blocks, w.scales, offs, transpose)
+                case = {"bf16_grouped_mm_ms": bench_ms(lambda: W._dense_grouped(x, dense_t if transpose else dense,
+                                                                                offs))}
+                if prev is not None:
+                    case["prev"] = run(lambda: prev._mxfp4_mm_triton(x, w.blocks, w.scales, offs, transpose), x, ref)
+                if not transpose and rows <= 256:
+                    W.GEMV_MAX_ROWS = 1 << 30
+                    for tile in GEMV_TILES:
+                        W.GEMV_TILE = tile
+                        case[f"gemv {tile['block_n']}/{tile['block_g']}/{tile['num_warps']}"] = run(
+                            lambda: W._mxfp4_mm_triton(x, w.blocks, w.scales, offs, transpose), x, ref)
+                W.GEMV_MAX_ROWS = 0
+                for tile in DOT_TILES:
+                    if (rows <= 256) != (tile[0] <= 32) and rows != 256:
+                        continue  # small tiles for decode sizes, large ones for 4K (both at 256)
+                    W.DOT_TILES = {"small": tile, "large": tile}
+                    case[f"dot {'/'.join(map(str, tile))}"] = run(
+                        lambda: W._mxfp4_mm_triton(x, w.blocks, w.scales, offs, transpose), x, ref)
+                cases[f"{name} rows={rows} T={int(transpose)}"] = case
+                best = min(((v["ms"], k) for k, v in case.items() if isinstance(v, dict) and v.get("ms")),
+                           default=(None, None))
+                log("kernel", name, rows, transpose, "bf16", f"{case['bf16_grouped_mm_ms']:.3f}",
+                    "prev", (case.get("prev") or {}).get("ms"), "best", best)
+        del dense, dense_t
+    W.GEMV_TILE, W.GEMV_MAX_ROWS, W.DOT_TILES = shipped
+    return {"cases": cases, "choice": choose_tiles(cases)}
+
+
+def choose_tiles(cases: dict) -> dict:
+    """The fastest correct tiles: one-row tile by decode time at 4 and 32 rows (both projections), the threshold as
+    the largest decode size up to which the one-row kernel wins, the tensor-core tiles by 256 and 4,096 rows."""
+    def total(prefix: str, keys) -> dict:
+        out: dict = {}
+        for key in keys:
+            for cand, v in cases.get(key, {}).items():
+                if cand.startswith(prefix) and isinstance(v, dict):
+                    out[cand] = out.get(cand, 0.0) + (v["ms"] if v.get("ms") else float("inf"))
+        return out
+
+    def keys(rows, transposes=(0,)):
+        return [f"{n} rows={r} T={t}" for n in ("gate_up_proj", "down_proj") for r in rows for t in transposes]
+
+    gemv = total("gemv", keys((4, 32)))
+    best_gemv = min(gemv, key=gemv.get)
+    def block_m(cand: str) -> int:
+        return int(cand.split()[1].split("/")[0])
+
+    small = {c: t for c, t in total("dot", keys((128, 256))).items() if block_m(c) <= 32}
+    best_small = min(small, key=small.get)
+    large = {c: t for c, t in total("dot", keys((4096,), (0, 1))).items() if block_m(c) >= 64}
+    best_large = min(large, key=large.get)
+    threshold = 0
+    for rows in DECODE_ROWS:
+        g = total(best_gemv, keys((rows,))).get(best_gemv, float("inf"))
+        d = min(total("dot", keys((rows,))).values(), default=float("inf"))
+        if g > d:
+            break
+        threshold = rows
+    bn, bg, warps = (int(v) for v in best_gemv.split()[1].split("/"))
+    def tile(cand: str) -> tuple:
+        *sizes, split = cand.split()[1].split("/")
+        return (*(int(v) for v in sizes), split == "True")
+
+    return {"GEMV_TILE": {"block_n": bn, "block_g": bg, "num_warps": warps}, "GEMV_MAX_ROWS": threshold,
+            "DOT_TILES": {"small": tile(best_small), "large": tile(best_large)}}
+
+
+def apply_choice(choice: dict) -> None:
+    from ossgym.agents.gptoss import weights as W
+
+    W.GEMV_TILE, W.GEMV_MAX_ROWS = choice["GEMV_TILE"], choice["GEMV_MAX_ROWS"]
+    W.DOT_TILES = {k: tuple(v) for k, v in choice["DOT_TILES"].items()}
+    log("tiles", choice)
+
+
+def split_lora(model):
+    from ossgym.agents.gptoss.mxfp4 import add_expert_lora
+
+    peft_model = attention_lora(model, 8, expert_params=False)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    expert_params = add_expert_lora(peft_model, rank=8, alpha=16.0)
+    with torch.no_grad():
+        for p in expert_params[1::2]:  # B factors: zero at init; trained ones cost what these cost
+            p.normal_(0, 1e-3)
+    return peft_model, params + expert_params
+
+
+def decode_speed(model, batches, new_tokens, prompt_len, label) -> dict:
+    """Rollout tok/s at each batch through the engine as shipped (compiled, CUDA graphs; distinct random prompts):
+    with the prefill (the issue's measure) and the decode alone (from a second, 1-token call)."""
+    from ossgym.agents.gptoss.engine import FastGptOss
+
+    res = {}
+    engine = FastGptOss(model, max_batch_size=max(batches), max_seq_len=prompt_len + max(new_tokens.values()) + 8)
+    g = torch.Generator().manual_seed(0)
+    for b in batches:
+        prompts = torch.randint(0, 200000, (b, prompt_len), generator=g).tolist()
+        engine.generate(prompts, max_new_tokens=4, seed=0)
+        engine.warmup(b)
+        times = {}
+        for n in (1, new_tokens[b]):
+            sync()
+            t0 = time.perf_counter()
+            engine.generate(prompts, max_new_tokens=n, seed=1)
+            sync()
+            times[n] = time.perf_counter() - t0
+        n = new_tokens[b]
+        res[b] = {"tok_s": b * n / times[n], "decode_tok_s": b * (n - 1) / (times[n] - times[1]),
+                  "prefill_s": times[1]}
+        log(label, b, res[b])
+    engine.release()
+    del engine
+    free()
+    return res
+
+
+def speed_phase(path: Path, config, prev, batches, new_tokens, prompt_len) -> dict:
+    """MXFP4 + LoRA now, the same with main's kernel and LoRA path (the baseline), MXFP4 alone, bf16 alone."""
+    from ossgym.agents.gptoss import weights as W
+    from ossgym.agents.gptoss.mxfp4 import load_gptoss
+    from ossgym.agents.gptoss.presets import random_model
+
+    res: dict = {}
+    model = load_gptoss(path, device=DEV, dtype=torch.bfloat16, experts="mxfp4")
+    peft_model, _ = split_lora(model)
+    res["mxfp4_lora"] = decode_speed(peft_model, batches, new_tokens, prompt_len, "mxfp4 + LoRA")
+    if prev is not None:
+        current = W._mxfp4_mm_triton, W._lora_delta
+        W._mxfp4_mm_triton = prev._mxfp4_mm_triton
+        W._lora_delta = lambda x, a, b, offs: W._dense_grouped(W._dense_grouped(x, a.to(x.dtype), offs),
+                                                               b.to(x.dtype), offs)
+        try:
+            res["mxfp4_lora_main"] = decode_speed(peft_model, batches, new_tokens, prompt_len,
+                                                  "mxfp4 + LoRA, main's kernel and LoRA path")
+        finally:
+            W._mxfp4_mm_triton, W._lora_delta = current
+    res["mxfp4"] = decode_speed(model, batches, new_tokens, prompt_len, "mxfp4 no LoRA")
+    del peft_model, model
+    free()
+    bf16 = random_model(config, DEV)
+    res["bf16"] = decode_speed(bf16, batches, new_tokens, prompt_len, "bf16 no LoRA")
+    del bf16
+    free()
+    return res
+
+
+def profile_phase(path: Path, batch: int, prompt_len: int) -> dict:
+    """Where a decode step's time goes (MXFP4 + LoRA, compiled): wall time per token in generate, one captured
+    step's replay alone (device time), and the kernels of eager-launched steps by CUDA time."""
+    from ossgym.agents.gptoss.engine import FastGptOss
+    from ossgym.agents.gptoss.mxfp4 import load_gptoss
+
+    model = load_gptoss(path, device=DEV, dtype=torch.bfloat16, experts="mxfp4")
+    peft_model, _ = split_lora(model)
+    engine = FastGptOss(peft_model, max_batch_size=batch, max_seq_len=prompt_len + 80, compile=True)
+    prompts = torch.randint(0, 200000, (batch, prompt_len), generator=torch.Generator().manual_seed(0)).tolist()
+    engine.generate(prompts, max_new_tokens=4, seed=0)
+    engine.warmup(batch)
+    sync()
+    t0 = time.perf_counter()
+    engine.generate(prompts, max_new_tokens=64, seed=1)
+    sync()
+    res: dict = {"batch": batch, "wall_ms_per_step": (time.perf_counter() - t0) * 1e3 / 64}
+    if engine._graphs:
+        res["graph_replay_ms"] = bench_ms(engine._graphs[max(engine._graphs)].graph.replay)
+    tokens = torch.zeros(batch, dtype=torch.long, device=DEV)
+    pad = torch.zeros(batch, dtype=torch.long, device=DEV)
+    engine.use_graphs = False
+    res["eager_launch_ms_per_step"] = bench_ms(lambda: engine._decode(tokens, prompt_len + 10, pad), reps=5)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            engine._decode(tokens, prompt_len + 10, pad)
+        sync()
+    res["kernels"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70)
+    log("profile", {k: v for k, v in res.items() if k != "kernels"})
+    print(res["kernels"][-6000:])
+    engine.release()
+    del engine, peft_model, model
+    free()
+    return res
+
+
+def step120b_phase(config, prompt_len: int, completion: int, group: int) -> dict:
+    from ossgym.agents.gptoss.mxfp4 import weight_bytes
+    from ossgym.agents.gptoss.offload import offload_embeddings
+    from ossgym.agents.gptoss.presets import random_mxfp4_model
+    from ossgym.agents.peft_utils import base_model
+
+    reset_peak()
+    t0 = time.perf_counter()
+    model = random_mxfp4_model(config, DEV)
+    res: dict = {"build_s": time.perf_counter() - t0, "weights_gib": weight_bytes(model) / GIB, **peaks()}
+    peft_model, params = split_lora(model)
+    res["lora_params_m"] = sum(p.numel() for p in params) / 1e6
+    log("120b built", res)
+    prompt = torch.randint(0, 200000, (prompt_len,), generator=torch.Generator().manual_seed(1)).tolist()
+    res["rollout"], engine, seqs = rollout(peft_model, prompt, group, completion)
+    log("120b rollout", res["rollout"])
+    engine.release()
+    del engine
+    free()
+    offload_embeddings(peft_model)
+    lm = base_model(peft_model)
+    fused_head(lm)
+    lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lm.config.use_cache = False
+    train_pass(lm, params, [seqs[0][: prompt_len + 64]], prompt_len, "flex_sinks", "trl")  # compile flex once
+    res["train"] = train_pass(lm, params, seqs, prompt_len, "flex_sinks", "trl")
+    res["step_peak_gib"] = max(res["train"]["peak_gib"], res["rollout"]["peak_gib"])
+    log("120b train", res["train"])
+    del lm, peft_model, model, params, seqs
+    free()
+    return res
+
+
+def budget_phase(path: Path, lengths, prompt_len: int, deadline: float, snapshot_dir: str | None,
+                 snapshot_at: int | None = None) -> dict:
+    from ossgym.agents.gptoss.mxfp4 import load_gptoss, set_expert_chunk_tokens
+    from ossgym.agents.gptoss.offload import offload_embeddings
+    from ossgym.agents.peft_utils import base_model
+
+    model = load_gptoss(path, device=DEV, dtype=torch.bfloat16, experts="mxfp4")
+    peft_model, params = split_lora(model)
+    offload_embeddings(peft_model)
+    lm = base_model(peft_model)
+    fused_head(lm)
+    lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lm.config.use_cache = False
+    set_expert_chunk_tokens(lm, 2048)
+    g = torch.Generator().manual_seed(7)
+    res: dict = {"skipped": []}
+    train_pass(lm, params, [torch.randint(0, 200000, (prompt_len + 64,), generator=g).tolist()], prompt_len,
+               "flex_sinks", "trl")
+    for tokens in lengths:
+        if time.perf_counter() > deadline:
+            res["skipped"].append(tokens)
+            continue
+        seq = torch.randint(0, 200000, (tokens,), generator=g).tolist()
+        snap = snapshot_dir and tokens == snapshot_at and CUDA
+        if snap:
+            torch.cuda.memory._record_memory_history(max_entries=200000, stacks="python")
+        try:
+            res[tokens] = train_pass(lm, params, [seq], prompt_len, "flex_sinks", "trl", offload_checkpoints=True)
+        except Exception as exc:  # noqa: BLE001 - out of memory is a result here
+            traceback.print_exc()
+            res[tokens] = {"error": repr(exc)[:300]}
+            lm.eval()
+            free()
+        if snap:
+            torch.cuda.memory._dump_snapshot(os.path.join(snapshot_dir, "snapshot16k.pickle"))
+            torch.cuda.memory._record_memory_history(enabled=None)
+        log("budget", tokens, res[tokens])
+    del lm, peft_model, model, params
+    free()
+    return res
+
+
+def cli_phase(path: Path, out_dir: Path) -> dict:
+    """``ossgym train`` in a subprocess, as a user runs it; GPU memory polled with nvidia-smi every 0.5 s."""
+    cmd = [sys.executable, "-m", "ossgym.cli", "train", "--model", str(path), "--steps", "2", "--group-size", "8",
+           "--max-completion-length", "256", "--lora-target-parameters", "mlp.experts.gate_up_proj,mlp.experts.down_proj",
+           "--offload-embeddings", "--optim", "paged_adamw_8bit" if CUDA else "adamw_torch", "--no-merged-export", "--no-progress",
+           "--output-dir", str(out_dir)]
+    poll = subprocess.Popen(["bash", "-c", "while command -v nvidia-smi >/dev/null; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,"
+                             "nounits; sleep 0.5; done"], stdout=subprocess.PIPE, text=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420)
+    wall = time.perf_counter() - t0
+    poll.terminate()
+    used = [int(line) for line in poll.communicate()[0].split() if line.strip().isdigit()]
+    log_file = out_dir / "log.jsonl"
+    records = [json.loads(line) for line in log_file.read_text().splitlines()] if log_file.exists() else []
+    res = {"cmd": " ".join(cmd), "returncode": proc.returncode, "wall_s": wall,
+           "nvidia_smi_peak_mib": max(used, default=None), "records": records,
+           "stderr_tail": proc.stderr[-3000:], "files": sorted(p.name for p in out_dir.iterdir()) if out_dir.exists() else []}
+    log("cli", {k: v for k, v in res.items() if k not in ("records", "stderr_tail")})
+    return res
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phases", default="kernel,speed,profile,step120b,budget,cli")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--prev-weights", default=None, help="path of the previous weights.py (kernel baseline)")
+    parser.add_argument("--lengths", default="4096,16384,32768,65536,131072")
+    parser.add_argument("--budget-deadline-s", type=float, default=540.0, help="start no budget length after this")
+    parser.add_argument("--tiny", action="store_true", help="CPU dry run: tiny config, toy lengths")
+    args = parser.parse_args()
+    phases = [p for p in args.phases.split(",") if p]
+    import ossgym  # noqa: F401  registers flex_sinks
+    import ossgym.agents.agent  # noqa: F401
+    from ossgym.agents.gptoss.mxfp4 import load_gptoss
+    from ossgym.agents.gptoss.presets import gpt_oss_20b_config
+    from ossgym.agents.gptoss.tiny import tiny_config
+
+    out_path = args.out or (str(Path(os.environ["OUT"]) / "bench_mxfp4.json") if os.environ.get("OUT") else None)
+    results: dict = {"device": torch.cuda.get_device_name() if CUDA else "cpu", "torch": torch.__version__,
+                     "phases": phases, "errors": {}}
+
+    def save():
+        if out_path:
+            Path(out_path).write_text(json.dumps(results, indent=1, default=str))
+
+    def phase(name, fn):
+        if name not in phases:
+            return None
+        try:
+            out = fn()
+        except Exception as exc:  # noqa: BLE001 - record and go on
+            traceback.print_exc()
+            results["errors"][name] = repr(exc)[:800]
+            out = None
+        free()
+        results[name] = out
+        save()
+        return out
+
+    prev = None
+    if args.prev_weights and CUDA:
+        spec = importlib.util.spec_from_file_location("weights_prev", args.prev_weights)
+        prev = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(prev)
+    config = tiny_config() if args.tiny else gpt_oss_20b_config()
+    tmp = Path(tempfile.mkdtemp(prefix="gptoss-mxfp4-"))
+    if any(p in phases for p in ("kernel", "speed", "profile", "budget", "cli")):
+        results["write_s"] = write_random_mxfp4(config, tmp)
+        log("wrote the MXFP4 checkpoint", results["write_s"])
+    if "kernel" in phases and CUDA:
+        model = load_gptoss(tmp, device=DEV, dtype=torch.bfloat16, experts="mxfp4")
+        kernel = phase("kernel", lambda: kernel_phase(model, prev))
+        del model
+        if kernel:
+            apply_choice(kernel["choice"])
+    tiny = args.tiny
+    batches, new_tokens = ([1, 4], {1: 8, 4: 8}) if tiny else ([1, 8, 64], {1: 128, 8: 128, 64: 128})
+    phase("speed", lambda: speed_phase(tmp, config, prev, batches, new_tokens, 40 if tiny else 530))
+    from ossgym.agents.gptoss.presets import gpt_oss_120b_config
+
+    phase("profile", lambda: profile_phase(tmp, 1 if not tiny else 1, 40 if tiny else 530))
+    phase("step120b", lambda: step120b_phase(config if tiny else gpt_oss_120b_config(), 40 if tiny else 530, 16 if tiny else 1024, 4 if tiny else 8))
+    phase("cli", lambda: cli_phase(tmp, tmp / "cli_run"))
+    lengths = [300, 600] if tiny else [int(v) for v in args.lengths.split(",")]
+    phase("budget", lambda: budget_phase(tmp, lengths, 32 if tiny else 1024, T0 + args.budget_deadline_s,
+                                         os.environ.get("OUT")))
+    results["wall_s"] = time.perf_counter() - T0
+    save()
+    print(json.dumps({k: v for k, v in results.items() if k not in ("kernel",)}, default=str)[:6000])
+    if results.get("kernel"):
+        print("tiles chosen:", results["kernel"]["choice"])
+        for key, case in results["kernel"]["cases"].items():
+            best = min(((v["ms"], k) for k, v in case.items() if isinstance(v, dict) and v.get("ms")),
+                       default=(None, None))
+            print(f"{key}: bf16 {case['bf16_grouped_mm_ms']:.3f} prev {(case.get('prev') or {}).get('ms')} best {best}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
