@@ -25,6 +25,10 @@ streaming loader. Phases (each one recorded, a failure recorded and the next pha
 7. ``agree``: engine logits on the MXFP4 weights (bf16) and HF eager in bf16 on the dequantized weights, both
    against HF eager in fp32 (is bf16 disagreement the code or the arithmetic?).
 
+``--nf4 attention,lm_head`` adds ``speed_nf4`` and ``grpo_nf4`` after the MXFP4 phases: the MXFP4 model loaded
+again with those parts in bitsandbytes NF4 (ossgym/agents/gptoss/nf4.py) under the same LoRA, rollout tok/s and
+V3/V4 of the GRPO step, beside grpo_mxfp4's V3/V4; the ``train`` phase then runs with ``nf4`` set too.
+
 Peak = torch.cuda.max_memory_allocated (reserved also recorded). ``--tiny`` runs every phase on the CPU with
 the tiny config at toy lengths (a dry run of this script; no numbers to report).
 
@@ -226,6 +230,7 @@ def train_pass(lm, params, seqs, prompt_len, attn: str, head: str, optim: str = 
     import contextlib
 
     from ossgym.training.logprobs import chunked_logprobs
+    from ossgym.training.nf4_head import nf4_fused_lm_head
 
     set_attention(lm, attn)
     lm.train()
@@ -236,7 +241,7 @@ def train_pass(lm, params, seqs, prompt_len, attn: str, head: str, optim: str = 
     advantages = torch.randn(len(seqs), generator=torch.Generator().manual_seed(5))
     ctx = torch.autograd.graph.save_on_cpu(pin_memory=CUDA) if offload_checkpoints else contextlib.nullcontext()
     t0 = time.perf_counter()
-    with ctx:
+    with ctx, nf4_fused_lm_head():  # an NF4 head (--nf4 lm_head) through ossgym's blocks; dense heads: TRL's kernel
         for row, seq in enumerate(seqs):
             ids = torch.tensor([seq], device=DEV)
             n = ids.shape[1] - prompt_len
@@ -430,11 +435,12 @@ def long_rollout(peft_model, group, rollout_prompt, rollout_tokens) -> dict:
     return res
 
 
-def train_run(path: Path, out_dir: Path) -> dict:
+def train_run(path: Path, out_dir: Path, nf4: tuple[str, ...] = ()) -> dict:
     """One ``run_training`` step (what ``ossgym train --model DIR`` runs) on the MXFP4 checkpoint folder: TRL's
     GRPOTrainer, the fast engine's rollout, sandbox scoring, split expert LoRA, offloaded embeddings, paged
-    8-bit AdamW (CUDA); group 2 x 64 new tokens. The agent comes from ``load_agent`` with the engine's compile
-    off (CUDA graphs on), as in the rest of this script; the merged export is off (the adapter is saved)."""
+    8-bit AdamW (CUDA), the ``nf4`` parts in NF4; group 2 x 64 new tokens. The agent comes from ``load_agent`` with
+    the engine's compile off (CUDA graphs on), as in the rest of this script; the merged export is off (the adapter
+    is saved)."""
     import dataclasses
 
     from ossgym.agents.gptoss.mxfp4 import OssExperts
@@ -445,7 +451,7 @@ def train_run(path: Path, out_dir: Path) -> dict:
     config = GRPORunConfig(model=str(path), steps=1, group_size=2, max_completion_length=64, num_dataset_rows=2,
                            lora_target_parameters=("mlp.experts.gate_up_proj", "mlp.experts.down_proj"),
                            offload_embeddings=True, optim="paged_adamw_8bit" if CUDA else "adamw_torch",
-                           output_dir=str(out_dir))
+                           output_dir=str(out_dir), nf4=nf4)
     before = reset_peak()
     t0 = time.perf_counter()
     agent = load_agent(config)
@@ -547,8 +553,12 @@ def main() -> int:
                         help="start no long-context variant after this many seconds")
     parser.add_argument("--prev-weights", default=None, help="path of the previous weights.py (kernel baseline)")
     parser.add_argument("--tiny", action="store_true", help="CPU dry run: tiny config, toy lengths")
+    parser.add_argument("--nf4", default="", help="comma-separated parts held in NF4 (attention,lm_head): adds the "
+                        "phases speed_nf4 and grpo_nf4 (MXFP4 experts + these parts in NF4: rollout tok/s and V3/V4 "
+                        "of the GRPO step) and runs the train phase with them")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    nf4_parts = tuple(filter(None, args.nf4.split(",")))
     import ossgym  # noqa: F401  registers flex_sinks
     import ossgym.agents.agent  # noqa: F401
     from ossgym.agents.gptoss.mxfp4 import add_expert_lora, load_gptoss, weight_bytes
@@ -641,7 +651,32 @@ def main() -> int:
                                            lengths["rollout_tokens"]))
     del peft_model, model, params, expert_params
     free()
-    phase("train", lambda: train_run(tmp, tmp / "run"))
+
+    def mxfp4_nf4_lora():
+        """The MXFP4 model again, ``nf4_parts`` in NF4, with the same LoRA as above (attention + split experts)."""
+        from ossgym.agents.gptoss.nf4 import quantize_nf4
+
+        model = load_gptoss(tmp, device=DEV, dtype=torch.bfloat16, experts="mxfp4")
+        quantize_nf4(model, nf4_parts)
+        results["nf4_weights_gib"] = weight_bytes(model) / GIB  # packed bytes (absmaxes are not buffers: +12%)
+        peft_model = attention_lora(model, 8, expert_params=False)
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        expert_params = add_expert_lora(peft_model, rank=8, alpha=16.0)
+        with torch.no_grad():
+            for p in expert_params[1::2]:
+                p.normal_(0, 1e-3)
+        return peft_model, params + expert_params
+
+    if nf4_parts:
+        results["nf4_parts"] = nf4_parts
+        peft_model, params = mxfp4_nf4_lora()
+        phase("speed_nf4", lambda: rollout_speed(peft_model, speed_batches, speed_tokens, lengths["prompt"],
+                                                 f"mxfp4 + nf4 {','.join(nf4_parts)} + LoRA"))
+        phase("grpo_nf4", lambda: grpo_variants(peft_model, params, lengths["prompt"], lengths["completion"],
+                                                lengths["group"], "mxfp4 + nf4", ["V3", "V4"]))
+        del peft_model, params
+        free()
+    phase("train", lambda: train_run(tmp, tmp / "run", nf4_parts))
 
     def bf16():
         model = random_model(config, DEV)
@@ -677,8 +712,12 @@ def print_table(r: dict) -> None:
     b = r.get("speed_bf16") or {}
     print("\n| rollout tok/s | b=1 | b=8 | b=64 |\n|---|---:|---:|---:|")
     print(f"| MXFP4 + LoRA | {' | '.join(f(s.get(x), '{:.0f}') for x in (1, 8, 64))} |")
+    if r.get("speed_nf4"):
+        n = r["speed_nf4"]
+        print(f"| MXFP4 + NF4 {','.join(r.get('nf4_parts', ()))} + LoRA | "
+              f"{' | '.join(f(n.get(x), '{:.0f}') for x in (1, 8, 64))} |")
     print(f"| bf16 no LoRA | {' | '.join(f(b.get(x), '{:.0f}') for x in (1, 8, 64))} |")
-    for key in ("grpo_mxfp4", "grpo_bf16"):
+    for key in ("grpo_mxfp4", "grpo_nf4", "grpo_bf16"):
         g = r.get(key) or {}
         ro = g.get("rollout") or {}
         print(f"\n{key}: rollout peak {f(ro.get('peak_gib'))} GiB in {f(ro.get('rollout_s'), '{:.1f}')} s, "

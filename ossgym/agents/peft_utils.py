@@ -70,7 +70,8 @@ class _DropCpuKernelWarning(logging.Filter):
 
 def silence_bitsandbytes_cpu_warning() -> None:
     """bitsandbytes logs a warning at import (on CPUs with AVX512-BF16) that its optional CPU 4-bit kernel
-    package is missing; ossgym never runs 4-bit products on the CPU, so that one message is dropped."""
+    package is missing. That kernel serves only bitsandbytes' AVX512-BF16 inference layout, which ossgym's NF4
+    layers turn off (nf4.py; on the CPU they dequantize and multiply in torch), so that one message is dropped."""
     logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
     if not any(isinstance(f, _DropCpuKernelWarning) for f in logger.filters):
         logger.addFilter(_DropCpuKernelWarning())

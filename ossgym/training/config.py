@@ -30,6 +30,7 @@ ROLLOUT_IS_MODES = ("none", "sequence_mask", "sequence_truncate", "token_mask", 
 GENERATION_BACKENDS = ("fast", "trl")
 EXPERT_FORMATS = ("auto", "mxfp4", "bf16")  # auto: MXFP4 for an MXFP4 checkpoint folder (agents/gptoss/mxfp4.py)
 OPTIMIZERS = ("adamw_torch", "sgd", "adamw_8bit", "paged_adamw_8bit")  # the Trainer's optim; 8-bit: bitsandbytes
+NF4_PARTS = ("attention", "lm_head")  # ossgym/agents/gptoss/nf4.py PARTS (not imported here: it imports bitsandbytes)
 
 
 def check_env_id(env_id: str) -> None:
@@ -70,6 +71,15 @@ def check_report_to(report_to: str) -> None:
     if modules and not any(importlib.util.find_spec(m) is not None for m in modules):
         raise ConfigError("report_to", f"{report_to!r} needs the {modules[0]} package, which is not installed",
                           f"pip install {modules[0]}, or pass report_to='none'.")
+
+
+def check_bitsandbytes(field: str) -> None:
+    """Raise ConfigError naming ``field`` when bitsandbytes is not installed (checked without importing it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(field, "needs bitsandbytes, which is not installed",
+                          "pip install 'ossgym[train]' (it includes bitsandbytes), or leave the option out.")
 
 
 def check_grpo_options(grpo: dict) -> None:
@@ -173,6 +183,11 @@ class GRPORunConfig:
     optim: str = option("adamw_torch", "optimizer of the LoRA weights (sgd: TRL clips each step's gradient norm at 1, so a step moves the LoRA by at most "
                         "the learning rate, as the tiny CPU demo wants; 8-bit ones: bitsandbytes, CUDA only)",
                         choices=OPTIMIZERS)
+    nf4: tuple[str, ...] = option((), "parts held in bitsandbytes NF4 (4-bit, frozen; LoRA trains beside them): "
+                                  "attention (q/k/v/o_proj; gpt-oss-20b: 0.85 GiB less), lm_head (0.78 GiB less)",
+                                  choices=NF4_PARTS)
+    nf4_double_quant: bool = option(False, "NF4 with double quantization (8-bit absmaxes: gpt-oss-20b 0.05 GiB "
+                                    "less again)")
 
     def __post_init__(self) -> None:
         self.lora_targets = tuple(self.lora_targets)
@@ -221,6 +236,12 @@ class GRPORunConfig:
                 "Shorten one of the two lengths or raise max_seq_len (at most the model's context length).",
             )
         check_is_bounds(self.rollout_is_cap, self.rollout_is_min)
+        self.nf4 = tuple(dict.fromkeys(self.nf4))
+        if self.nf4_double_quant and not self.nf4:
+            raise ConfigError("nf4_double_quant", "is on but nf4 names no part",
+                              "Pass nf4=('attention', 'lm_head') (--nf4 attention,lm_head) as well, or leave it off.")
+        if self.nf4:
+            check_bitsandbytes("nf4")
         if self.ray_address is not None and self.scoring != "ray":
             raise ConfigError("ray_address", f"is {self.ray_address!r} but scoring is {self.scoring!r}",
                               "Pass scoring='ray' (--scoring ray) as well, or leave ray_address out.")

@@ -15,10 +15,20 @@ if TYPE_CHECKING:
     import torch
 
 
+def head_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``hidden @ W.T`` for a dense LM-head weight, or an NF4 one (ossgym.agents.gptoss.nf4: its vocabulary rows
+    dequantized one block at a time, never the whole matrix)."""
+    if getattr(weight, "quant_state", None) is not None:  # a bitsandbytes 4-bit weight
+        from ossgym.agents.gptoss.nf4 import nf4_linear
+
+        return nf4_linear(hidden.to(weight.quant_state.dtype), weight)
+    return hidden @ weight.t()
+
+
 def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, inv_t: float) -> torch.Tensor:
     import torch
 
-    logits = (hidden @ weight.t()).float() * inv_t
+    logits = head_logits(hidden, weight).float() * inv_t
     return logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
@@ -34,6 +44,7 @@ def chunked_logprobs(
     At most one ``[chunk_size, vocab]`` block of logits exists at once, in the forward and (recomputed
     under activation checkpointing) in the backward; gradients flow to ``hidden_states`` and ``W``.
     ``hidden_states`` is ``[..., hidden]`` and ``token_ids`` ``[...]`` (the token each position predicts).
+    ``lm_head_weight`` may be an NF4 weight (``lm_head.weight`` of an NF4 head: frozen, no gradient).
     The product runs in the inputs' dtype (bf16 logits, as the model's own forward gives) and the
     softmax in fp32.
     """

@@ -53,6 +53,7 @@ from ossgym.training.dataset import build_dataset
 from ossgym.training.env import EnvRewards
 from ossgym.training.generation import AgentGenerate
 from ossgym.training.long_context import RolloutISCorrection
+from ossgym.training.nf4_head import nf4_fused_lm_head
 from ossgym.training.report import (
     ADAPTER_DIR,
     LOG_FILE,
@@ -74,7 +75,8 @@ logger = logging.getLogger(__name__)
 def load_agent(config: GRPORunConfig) -> "GptOssAgent":
     """The agent a run trains: the embedded tiny model (fp32, CPU) or ``config.model`` (bf16 on the GPU if any).
 
-    Experts as ``config.experts`` says (an MXFP4 checkpoint folder stays MXFP4 by default); the fast engine's
+    Experts as ``config.experts`` says (an MXFP4 checkpoint folder stays MXFP4 by default), the parts
+    ``config.nf4`` names in NF4 (quantized after loading, one layer at a time); the fast engine's
     cache is sized for one rollout (the step's sequences, prompt + completion), not the model's context."""
     import torch
 
@@ -94,7 +96,22 @@ def load_agent(config: GRPORunConfig) -> "GptOssAgent":
         agent = GptOssAgent.from_pretrained(config.model, dtype=dtype, use_fast_engine=config.generation == "fast",
                                             config=agent_config,
                                             experts=None if config.experts == "auto" else config.experts)
+    if config.nf4:
+        quantize_parts(agent.model, config.nf4, config.nf4_double_quant)
     return agent
+
+
+def quantize_parts(model: Any, parts: tuple[str, ...], double_quant: bool) -> None:
+    """Hold ``parts`` of the model in NF4 (ossgym/agents/gptoss/nf4.py), before peft adds its LoRA; ConfigError
+    (field ``nf4``) when bitsandbytes cannot be imported or cannot run NF4 where the model is."""
+    try:
+        from ossgym.agents.gptoss import nf4
+    except Exception as exc:  # noqa: BLE001 - a broken bitsandbytes install fails in many ways at import
+        raise ConfigError("nf4", f"bitsandbytes cannot be imported here: {exc!r}"[:600],
+                          "Reinstall it (pip install 'ossgym[train]') or leave nf4 out.") from None
+    norm = base_model(model).model.norm.weight
+    nf4.probe_nf4(norm.device, norm.dtype, double_quant)
+    nf4.quantize_nf4(model, parts, double_quant)
 
 
 def check_memory_options(config: GRPORunConfig, split_targets: tuple[str, ...]) -> None:
@@ -114,7 +131,8 @@ def check_memory_options(config: GRPORunConfig, split_targets: tuple[str, ...]) 
 
 def _export(trainer: Any, tokenizer: Any, output_dir: Path, merged: bool) -> tuple[Path, Path | None]:
     """Save the LoRA adapter (split expert LoRA included, under peft's keys), and (``merged``) the adapter
-    merged into the base model: bf16, or the official MXFP4 layout when the experts are MXFP4."""
+    merged into the base model: bf16, or the official MXFP4 layout when the experts are MXFP4 (NF4 layers are
+    dequantized to dense ones first, so the merged model holds them in the model's dtype)."""
     import torch
 
     from ossgym.agents.gptoss.mxfp4 import add_expert_lora_to_adapter, has_oss_experts, merge_expert_lora, save_mxfp4
@@ -129,6 +147,10 @@ def _export(trainer: Any, tokenizer: Any, output_dir: Path, merged: bool) -> tup
     if not merged:
         return adapter_dir, None
     merged_dir = output_dir / MERGED_DIR
+    if any(getattr(getattr(m, "weight", None), "quant_state", None) is not None for m in model.modules()):
+        from ossgym.agents.gptoss.nf4 import dequantize_nf4
+
+        dequantize_nf4(model)  # NF4 layers back to dense nn.Linear, their LoRA merged exactly (peft cannot)
     base = model.merge_and_unload()  # folds the adapter into the base weights (in place)
     if has_oss_experts(base):
         fmt = base_model(base).model.layers[0].mlp.experts.format
@@ -233,7 +255,11 @@ def _train(config: GRPORunConfig, env: EnvRewards, start: float, output_dir: Pat
     from ossgym.agents.gptoss.hf_experts import chunk_stock_experts
     from ossgym.agents.gptoss.mxfp4 import add_expert_lora, split_expert_targets
 
-    agent = agent if agent is not None else load_agent(config)
+    if agent is None:
+        agent = load_agent(config)
+    elif config.nf4:  # an agent passed in gets the NF4 parts too (load_agent's are 4-bit already)
+        quantize_parts(agent.model, config.nf4, config.nf4_double_quant)
+        agent.reset_engine()  # an engine built before holds CUDA graphs of the replaced layers
     if config.offload_embeddings:
         from ossgym.agents.gptoss.offload import offload_embeddings
 
@@ -307,6 +333,7 @@ def _train(config: GRPORunConfig, env: EnvRewards, start: float, output_dir: Pat
             with contextlib.ExitStack() as stack:
                 if cpu:  # TRL's CPU head scores the prompt positions too, in page-faulting tiles
                     stack.enter_context(cpu_fused_lm_head())
+                stack.enter_context(nf4_fused_lm_head())  # an NF4 LM head (config.nf4): its rows block by block
                 if config.offload_checkpoints:
                     stack.enter_context(torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()))
                 trainer.train()

@@ -53,7 +53,7 @@ def completion_probabilities(agent: GptOssAgent, prompt: Prompt, completions: Se
                 ids = tokenizer.encode(text, add_special_tokens=False)
                 seq = torch.tensor([prompt_ids + ids], device=agent.device)
                 hidden = base.model(input_ids=seq).last_hidden_state[0, len(prompt_ids) - 1 : -1]
-                logp = (hidden @ base.lm_head.weight.t()).float().log_softmax(-1)
+                logp = base.lm_head(hidden).float().log_softmax(-1)
                 out.append(float(logp.gather(1, torch.tensor(ids, device=agent.device)[:, None]).sum().exp()))
     finally:
         model.train(was_training)
@@ -80,6 +80,9 @@ def supervised_warm_start(
     if not prompts or not completions:
         raise ConfigError("completions", "no prompt or no completion given", "Pass at least one of each.")
     model, tokenizer = agent.model, agent.tokenizer
+    if getattr(base_model(model).lm_head.weight, "quant_state", None) is not None:
+        raise ConfigError("nf4", "includes lm_head, whose 4-bit weight is frozen: the warm start trains LM-head rows",
+                          "Run the warm start before quantizing the head, or leave lm_head out of nf4.")
     pairs = []
     for prompt in prompts:
         prompt_ids = agent.encode_prompt(prompt)

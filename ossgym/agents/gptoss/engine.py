@@ -2,8 +2,9 @@
 
 gpt-fast style: a static KV cache (kv_cache.py), attention with sinks (attention.py), grouped-matmul MoE (moe.py),
 on-device sampling (sampling.py). Projections, embeddings and the LM head are called as the HF modules, so peft
-LoRA adapters on them act without a merge. On CUDA the decode step's tensor functions are compiled and the whole
-step is captured in a CUDA graph per batch size; prefill runs compiled flex attention.
+LoRA adapters on them act without a merge, and NF4 layers (nf4.py) run bitsandbytes' own product. On CUDA the
+decode step's tensor functions are compiled and the whole step is captured in a CUDA graph per batch size; prefill
+runs compiled flex attention.
 """
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ class FastGptOss:
         self.model = unwrap_model(model)
         self.base = self.model.model
         config = self.model.config
-        weight = self.model.lm_head.weight  # on the compute device even when the embedding is offloaded
+        # the final norm's weight: on the compute device even when the embedding is offloaded, and in the model's
+        # dtype even when the LM head is 4-bit (nf4.py: its weight is packed uint8)
+        weight = self.base.norm.weight
         self.device, self.dtype = weight.device, weight.dtype
         self.max_batch_size, self.max_seq_len = max_batch_size, max_seq_len
         self.window = int(config.sliding_window)
