@@ -128,6 +128,37 @@ def write_random_mxfp4(config, directory: Path, seed: int = 0) -> float:
     return time.perf_counter() - start
 
 
+class _Unregistered:
+    """Stands in for torch.library.custom_op while the previous weights.py is executed."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def register_fake(self, fn):
+        return fn
+
+    def register_autograd(self, *args, **kwargs):
+        return None
+
+
+def load_previous_weights(path: str):
+    """The previous weights.py as a module of its own, its kernels callable directly. Its custom op is NOT
+    registered: the same name (ossgym::mxfp4_grouped_mm) would replace this tree's implementation for every caller,
+    which silently made every "new kernel" rollout run the previous one (found 2026-12-02)."""
+    spec = importlib.util.spec_from_file_location("weights_prev", path)
+    module = importlib.util.module_from_spec(spec)
+    real = torch.library.custom_op
+    torch.library.custom_op = lambda name, **kwargs: _Unregistered
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        torch.library.custom_op = real
+    return module
+
+
 def bench_ms(fn, reps: int = 20) -> float:
     """Median ms of fn() (CUDA events; wall clock on the CPU)."""
     for _ in range(3):
@@ -593,9 +624,7 @@ def main() -> int:
     results["lengths"] = lengths
     prev = None
     if args.prev_weights and CUDA:
-        spec = importlib.util.spec_from_file_location("weights_prev", args.prev_weights)
-        prev = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(prev)
+        prev = load_previous_weights(args.prev_weights)
 
     def phase(name, fn):
         if name in skip or name.split("_")[0] in skip:

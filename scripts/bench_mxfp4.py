@@ -1,7 +1,7 @@
 """Benchmark (GPU): MXFP4 decode kernels and rollout speed, the gpt-oss-120b GRPO step, the MXFP4 long-context
 budget table and ``ossgym train`` through the CLI (issues 16 and 11), each a phase of one run.
 
-Phases (``--phases``, in this order; each recorded in the JSON, a failure recorded and the next phase run):
+Phases (``--phases``, run in the order given; each recorded in the JSON, a failure recorded and the next phase run):
 
 - ``kernel``: the MXFP4 grouped product on gpt-oss-20b's layer-0 experts (random MXFP4 weights) at decode sizes
   (4 / 32 / 64 / 128 / 256 routed rows: batch 1 / 8 / 16 / 32 / 64 x top-4) and 4,096 rows: every candidate tile
@@ -33,7 +33,6 @@ Phases (``--phases``, in this order; each recorded in the JSON, a failure record
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -47,8 +46,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_memory import (  # noqa: E402
-    CUDA, DEV, GIB, T0, attention_lora, bench_ms, free, fused_head, log, peaks, reset_peak, rollout, sync,
-    train_pass, write_random_mxfp4,
+    CUDA, DEV, GIB, T0, attention_lora, bench_ms, free, fused_head, load_previous_weights, log, peaks, reset_peak,
+    rollout, sync, train_pass, write_random_mxfp4,
 )
 
 DECODE_ROWS = (4, 32, 64, 128, 256)
@@ -483,36 +482,46 @@ def main() -> int:
         save()
         return out
 
-    prev = None
-    if args.prev_weights and CUDA:
-        spec = importlib.util.spec_from_file_location("weights_prev", args.prev_weights)
-        prev = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(prev)
+    prev = load_previous_weights(args.prev_weights) if args.prev_weights and CUDA else None
     config = tiny_config() if args.tiny else gpt_oss_20b_config()
     tmp = Path(tempfile.mkdtemp(prefix="gptoss-mxfp4-"))
     if any(p in phases for p in ("kernel", "speed", "engine_rows", "profile", "nf4", "budget", "cli")):
         results["write_s"] = write_random_mxfp4(config, tmp)
         log("wrote the MXFP4 checkpoint", results["write_s"])
-    if "kernel" in phases and CUDA:
-        model = load_gptoss(tmp, device=DEV, dtype=torch.bfloat16, experts="mxfp4")
-        kernel = phase("kernel", lambda: kernel_phase(model, prev))
-        del model
-        if kernel:
-            apply_choice(kernel["choice"])
     tiny = args.tiny
     batches, new_tokens = ([1, 4], {1: 8, 4: 8}) if tiny else ([1, 8, 64], {1: 128, 8: 128, 64: 128})
-    phase("speed", lambda: speed_phase(tmp, config, prev, batches, new_tokens, 40 if tiny else 530))
+    prompt = 40 if tiny else 530
+    lengths = [300, 600] if tiny else [int(v) for v in args.lengths.split(",")]
+
+    def kernel():
+        if not CUDA:
+            return None
+        model = load_gptoss(tmp, device=DEV, dtype=torch.bfloat16, experts="mxfp4")
+        out = kernel_phase(model, prev)
+        del model
+        apply_choice(out["choice"])  # the later phases run the sweep's tiles
+        return out
+
     from ossgym.agents.gptoss.presets import gpt_oss_120b_config
 
-    phase("engine_rows", lambda: engine_rows_phase(tmp, 8 if tiny else 128, 40 if tiny else 530))
-    phase("profile", lambda: profile_phase(tmp, 1 if not tiny else 1, 40 if tiny else 530))
-    phase("nf4", lambda: nf4_phase(tmp, ("attention", "lm_head"), 40 if tiny else 530, 16 if tiny else 1024,
-                                   4 if tiny else 8, 300 if tiny else 16384))
-    phase("step120b", lambda: step120b_phase(config if tiny else gpt_oss_120b_config(), 40 if tiny else 530, 16 if tiny else 1024, 4 if tiny else 8))
-    phase("cli", lambda: cli_phase(tmp, tmp / "cli_run"))
-    lengths = [300, 600] if tiny else [int(v) for v in args.lengths.split(",")]
-    phase("budget", lambda: budget_phase(tmp, lengths, 32 if tiny else 1024, T0 + args.budget_deadline_s,
-                                         os.environ.get("OUT")))
+    runs = {
+        "kernel": kernel,
+        "speed": lambda: speed_phase(tmp, config, prev, batches, new_tokens, prompt),
+        "engine_rows": lambda: engine_rows_phase(tmp, 8 if tiny else 128, prompt),
+        "profile": lambda: profile_phase(tmp, 1, prompt),
+        "nf4": lambda: nf4_phase(tmp, ("attention", "lm_head"), prompt, 16 if tiny else 1024, 4 if tiny else 8,
+                                 300 if tiny else 16384),
+        "step120b": lambda: step120b_phase(config if tiny else gpt_oss_120b_config(), prompt, 16 if tiny else 1024,
+                                           4 if tiny else 8),
+        "cli": lambda: cli_phase(tmp, tmp / "cli_run"),
+        "budget": lambda: budget_phase(tmp, lengths, 32 if tiny else 1024, T0 + args.budget_deadline_s,
+                                       os.environ.get("OUT")),
+    }
+    unknown = [p for p in phases if p not in runs]
+    if unknown:
+        parser.error(f"unknown phases {unknown}; choose from {list(runs)}")
+    for name in phases:  # in the order given
+        phase(name, runs[name])
     results["wall_s"] = time.perf_counter() - T0
     save()
     print(json.dumps({k: v for k, v in results.items() if k not in ("kernel",)}, default=str)[:6000])

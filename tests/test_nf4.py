@@ -271,6 +271,32 @@ def test_chunked_logprobs_and_the_vocab_blocked_head_score_an_nf4_head_exactly(d
     assert probe.largest <= 4096 * 64 < 10 * VOCAB  # one block's dequantized rows; its logits are 10 x 4,096
 
 
+def test_the_nf4_head_trains_with_checkpoints_offloaded():
+    """Saved tensors that come back as plain tensors (what save_on_cpu's pinned copies are on CUDA, which
+    offload_checkpoints turns on) must not lose the NF4 weight's quantization state in the recompute."""
+    from ossgym.training.logprobs import chunked_logprobs
+    from ossgym.training.nf4_head import nf4_head_logprobs
+
+    model = nf4.quantize_nf4(tiny_model(), ("lm_head",))
+    weight = model.lm_head.weight
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(6, 64, generator=g, requires_grad=True)
+    targets = torch.randint(0, VOCAB, (6,), generator=g)
+    ref, _ = reference_logprobs(hidden, dense_weight(model.lm_head), targets, temperature=1.0)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), hidden)
+
+    def pack(t):
+        return t.device, torch.empty(t.size(), dtype=t.dtype, layout=t.layout).copy_(t)
+
+    for score in (lambda: nf4_head_logprobs(hidden, weight, None, targets, 1.0, 4096)[0],  # TRL's fused head
+                  lambda: chunked_logprobs(hidden, weight, targets, chunk_size=4)):  # ossgym's chunked log-probs
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda packed: packed[1].to(packed[0])):
+            logp = score()
+            (grad,) = torch.autograd.grad(logp.sum(), hidden)
+        torch.testing.assert_close(logp, ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(grad, ref_grad, atol=1e-4, rtol=1e-3)
+
+
 def test_completion_logprobs_of_an_nf4_model_are_its_logits_log_softmax():
     from ossgym.training.long_context import completion_logprobs
 

@@ -7,6 +7,7 @@ trainer (checking the engine against the training forward, benchmarks), checked 
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from ossgym.errors import ConfigError
@@ -25,7 +26,7 @@ def head_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return hidden @ weight.t()
 
 
-def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, inv_t: float) -> torch.Tensor:
+def _chunk_logprobs(hidden: torch.Tensor, ids: torch.Tensor, *, weight: torch.Tensor, inv_t: float) -> torch.Tensor:
     import torch
 
     logits = head_logits(hidden, weight).float() * inv_t
@@ -61,13 +62,13 @@ def chunked_logprobs(
     flat_ids = token_ids.reshape(-1)
     inv_t = 1.0 / temperature
     grad = torch.is_grad_enabled() and (flat_hidden.requires_grad or lm_head_weight.requires_grad)
+    # the weight reaches each chunk through a closure, not as a checkpoint input: saved inputs can come back as
+    # plain tensors (save_on_cpu's copies, offload_checkpoints), which would lose an NF4 weight's quantization state
+    chunk_of = functools.partial(_chunk_logprobs, weight=lm_head_weight, inv_t=inv_t)
     parts = []
     for start in range(0, flat_ids.numel(), chunk_size):
         h, ids = flat_hidden[start : start + chunk_size], flat_ids[start : start + chunk_size]
-        if grad:
-            parts.append(checkpoint(_chunk_logprobs, h, lm_head_weight, ids, inv_t, use_reentrant=False))
-        else:
-            parts.append(_chunk_logprobs(h, lm_head_weight, ids, inv_t))
+        parts.append(checkpoint(chunk_of, h, ids, use_reentrant=False) if grad else chunk_of(h, ids))
     if not parts:
         return torch.zeros(token_ids.shape, dtype=torch.float32, device=hidden_states.device)
     return torch.cat(parts).reshape(token_ids.shape)

@@ -13,6 +13,7 @@ hidden states only (an NF4 head is frozen). It computes the log-probabilities an
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -27,8 +28,8 @@ TOKEN_TILE = 4096
 SUPPORTED_OUTPUTS = ("log_probs", "entropy")
 
 
-def _block_stats(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, start: int, stop: int,
-                 targets: torch.Tensor, scale: float, softcap: float | None, inv_t: float
+def _block_stats(hidden: torch.Tensor, start: int, stop: int, targets: torch.Tensor, scale: float,
+                 softcap: float | None, inv_t: float, *, weight: torch.Tensor, bias: torch.Tensor | None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For vocabulary rows start:stop: per position the logsumexp of the block's logits, the target's logit (0 when
     the target is outside the block) and the block's softmax-weighted mean logit (for the entropy)."""
@@ -72,9 +73,12 @@ def nf4_head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     for first in range(0, hidden.shape[0], TOKEN_TILE):
         h, ids = hidden[first: first + TOKEN_TILE], targets[first: first + TOKEN_TILE]
         stats = []
+        # the weight and bias reach the block through a closure, not as checkpoint inputs: saved inputs can come
+        # back as plain tensors (save_on_cpu's copies, offload_checkpoints), without the NF4 quantization state
+        stats_of = functools.partial(_block_stats, weight=weight, bias=bias)
         for start in range(0, vocab, rows):
-            block = (h, weight, bias, start, min(start + rows, vocab), ids, *args)
-            stats.append(checkpoint(_block_stats, *block, use_reentrant=False) if grad else _block_stats(*block))
+            block = (h, start, min(start + rows, vocab), ids, *args)
+            stats.append(checkpoint(stats_of, *block, use_reentrant=False) if grad else stats_of(*block))
         lse, target, mean = (torch.stack(s) for s in zip(*stats))  # [blocks, positions]
         log_z = torch.logsumexp(lse, dim=0)
         logprobs.append(target.sum(0) - log_z)
