@@ -256,8 +256,10 @@ def make_optimizer(params, kind: str):
 
 
 def train_pass(lm, params, seqs, prompt_len, attn: str, head: str, optim: str = "paged8",
-               offload_checkpoints: bool = False) -> dict:
-    """Policy-gradient forward/backward over `seqs` (micro-batch 1) and one optimizer step: peak and time."""
+               offload_checkpoints: bool = False, autocast: bool = False) -> dict:
+    """Policy-gradient forward/backward over `seqs` (micro-batch 1) and one optimizer step: peak and time.
+    ``autocast``: under bf16 autocast, as the trainer runs (``bf16=True``): without it the fp32 LoRA layers see
+    fp32 copies of their inputs (peft casts them), which the backward keeps."""
     import contextlib
 
     from ossgym.training.logprobs import chunked_logprobs
@@ -271,8 +273,9 @@ def train_pass(lm, params, seqs, prompt_len, attn: str, head: str, optim: str = 
     opt = make_optimizer(params, optim)
     advantages = torch.randn(len(seqs), generator=torch.Generator().manual_seed(5))
     ctx = torch.autograd.graph.save_on_cpu(pin_memory=CUDA) if offload_checkpoints else contextlib.nullcontext()
+    mixed = torch.autocast("cuda", dtype=torch.bfloat16) if autocast and CUDA else contextlib.nullcontext()
     t0 = time.perf_counter()
-    with ctx, nf4_fused_lm_head():  # an NF4 head (--nf4 lm_head) through ossgym's blocks; dense heads: TRL's kernel
+    with ctx, mixed, nf4_fused_lm_head():  # an NF4 head (--nf4 lm_head) through ossgym's blocks; dense heads: TRL's kernel
         for row, seq in enumerate(seqs):
             ids = torch.tensor([seq], device=DEV)
             n = ids.shape[1] - prompt_len

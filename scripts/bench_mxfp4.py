@@ -51,6 +51,7 @@ from bench_memory import (  # noqa: E402
 )
 
 DECODE_ROWS = (4, 32, 64, 128, 256)
+AUTOCAST = False  # --autocast: long steps under bf16 autocast, as the trainer runs them
 GEMV_TILES = [dict(block_n=bn, block_g=bg, num_warps=w) for bn in (16, 32, 64) for bg in (4, 8) for w in (2, 4)]
 DOT_TILES = [(16, 64, 128, 4, False), (16, 64, 64, 4, False), (16, 128, 64, 4, False), (32, 64, 64, 4, False),
              (16, 64, 128, 4, True), (16, 128, 128, 4, True), (32, 64, 128, 4, True), (64, 128, 64, 8, False),
@@ -339,7 +340,8 @@ def nf4_phase(path: Path, parts: tuple[str, ...], prompt_len: int, completion: i
         row["train"] = train_pass(lm, params, seqs, prompt_len, "flex_sinks", "trl")
         row["step_peak_gib"] = max(row["train"]["peak_gib"], row["rollout"]["peak_gib"])
         set_expert_chunk_tokens(lm, 2048)
-        row["long"] = train_pass(lm, params, [long_seq], 1024, "flex_sinks", "trl", offload_checkpoints=True)
+        row["long"] = train_pass(lm, params, [long_seq], 1024, "flex_sinks", "trl", offload_checkpoints=True,
+                                 autocast=AUTOCAST)
         log("nf4 phase", name, row)
         res[name] = row
         del lm, peft_model, model, params, seqs
@@ -407,7 +409,8 @@ def budget_phase(path: Path, lengths, prompt_len: int, deadline: float, snapshot
         if snap:
             torch.cuda.memory._record_memory_history(max_entries=200000, stacks="python")
         try:
-            res[tokens] = train_pass(lm, params, [seq], prompt_len, "flex_sinks", "trl", offload_checkpoints=True)
+            res[tokens] = train_pass(lm, params, [seq], prompt_len, "flex_sinks", "trl", offload_checkpoints=True,
+                                     autocast=AUTOCAST)
         except Exception as exc:  # noqa: BLE001 - out of memory is a result here
             traceback.print_exc()
             res[tokens] = {"error": repr(exc)[:300]}
@@ -452,7 +455,11 @@ def main() -> int:
     parser.add_argument("--lengths", default="4096,16384,32768,65536,131072")
     parser.add_argument("--budget-deadline-s", type=float, default=540.0, help="start no budget length after this")
     parser.add_argument("--tiny", action="store_true", help="CPU dry run: tiny config, toy lengths")
+    parser.add_argument("--autocast", action="store_true", help="long steps (budget, nf4) under bf16 autocast, as "
+                        "the trainer runs them (bf16=True); the entries so far ran without")
     args = parser.parse_args()
+    global AUTOCAST
+    AUTOCAST = args.autocast
     phases = [p for p in args.phases.split(",") if p]
     import ossgym  # noqa: F401  registers flex_sinks
     import ossgym.agents.agent  # noqa: F401
