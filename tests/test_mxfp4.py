@@ -378,3 +378,15 @@ def test_export_merged_mxfp4_and_bf16_load_with_stock_transformers(checkpoint, t
                                               quantization_config=Mxfp4Config(dequantize=True)).eval()
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_experts_of_a_config_without_swiglu_limit_use_gpt_oss_limit():
+    """transformers 5.17 (the setup.cfg floor, and the lent GPU's) has no swiglu_limit in GptOssConfig: its experts
+    hard-code 7.0, and so do ossgym's then."""
+    from types import SimpleNamespace
+
+    from ossgym.agents.gptoss.mxfp4 import OssExperts
+
+    sizes = dict(num_local_experts=2, hidden_size=64, intermediate_size=64)
+    assert OssExperts(SimpleNamespace(**sizes, swiglu_limit=3.0), "bf16").limit == 3.0
+    assert OssExperts(SimpleNamespace(**sizes), "bf16").limit == 7.0

@@ -57,7 +57,7 @@ class OssExperts(nn.Module):
         self.format = fmt
         self.num_experts = int(config.num_local_experts)
         self.alpha = float(getattr(config, "swiglu_alpha", 1.702))
-        self.limit = float(config.swiglu_limit)
+        self.limit = float(getattr(config, "swiglu_limit", 7.0))  # older configs lack it (HF hard-codes 7.0)
         for name, (inp, out) in _shapes(config).items():
             if fmt == "mxfp4":
                 if inp % BLOCK:
