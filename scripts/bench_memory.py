@@ -520,6 +520,49 @@ def attention_lora(model, rank, expert_params: bool):
     return peft_model
 
 
+def split_lora(model):
+    """LoRA r8 on attention (peft) and ossgym's split LoRA on both expert projections, B factors random (trained
+    adapters cost what these cost): (the peft model, every trainable parameter)."""
+    from ossgym.agents.gptoss.mxfp4 import add_expert_lora
+
+    peft_model = attention_lora(model, 8, expert_params=False)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    expert_params = add_expert_lora(peft_model, rank=8, alpha=16.0)
+    with torch.no_grad():
+        for p in expert_params[1::2]:  # the B factors (zero at init)
+            p.normal_(0, 1e-3)
+    return peft_model, params + expert_params
+
+
+def train_ready(peft_model, offload: bool = True):
+    """The model prepared for the training passes as ossgym train runs them: embeddings offloaded (``offload``),
+    TRL's fused head, activation checkpointing, no cache. Returns the causal LM inside peft."""
+    from ossgym.agents.gptoss.offload import offload_embeddings
+    from ossgym.agents.peft_utils import base_model
+
+    if offload:
+        offload_embeddings(peft_model)
+    lm = base_model(peft_model)
+    fused_head(lm)
+    lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lm.config.use_cache = False
+    return lm
+
+
+def record_phase(results: dict, name: str, fn, save) -> object:
+    """Run one phase: its result (None on a failure, whose repr goes to results["errors"]) stored and saved."""
+    try:
+        out = fn()
+    except Exception as exc:  # noqa: BLE001 - record and go on: one call must give every number it can
+        traceback.print_exc()
+        results["errors"][name] = repr(exc)[:800]
+        out = None
+    free()
+    results[name] = out
+    save()
+    return out
+
+
 def agreement(path: Path, tokens: int) -> dict:
     """Engine (MXFP4, bf16) and HF eager (bf16, dequantized) against HF eager in fp32 on the dequantized weights."""
     from transformers.models.gpt_oss.modeling_gpt_oss import GptOssExperts
@@ -595,7 +638,7 @@ def main() -> int:
     nf4_parts = tuple(filter(None, args.nf4.split(",")))
     import ossgym  # noqa: F401  registers flex_sinks
     import ossgym.agents.agent  # noqa: F401
-    from ossgym.agents.gptoss.mxfp4 import add_expert_lora, load_gptoss, weight_bytes
+    from ossgym.agents.gptoss.mxfp4 import load_gptoss, weight_bytes
     from ossgym.agents.gptoss.presets import gpt_oss_20b_config, random_model
     from ossgym.agents.gptoss.tiny import tiny_config
 
@@ -636,16 +679,7 @@ def main() -> int:
             results["skipped"].append(name)
             log("time budget reached; skipping", name)
             return None
-        try:
-            out = fn()
-        except Exception as exc:  # noqa: BLE001 - record and go on: one call must give every number it can
-            traceback.print_exc()
-            results["errors"][name] = repr(exc)[:800]
-            out = None
-        free()
-        results[name] = out
-        save()
-        return out
+        return record_phase(results, name, fn, save)
 
     tmp = Path(tempfile.mkdtemp(prefix="gptoss-mxfp4-"))
     results["write_s"] = write_random_mxfp4(config, tmp)
@@ -664,13 +698,7 @@ def main() -> int:
         log("new kernel failed its check: the previous kernel runs the rest")
         W._mxfp4_mm_triton = prev._mxfp4_mm_triton
         results["kernel_fallback"] = True
-    peft_model = attention_lora(model, 8, expert_params=False)
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    expert_params = add_expert_lora(peft_model, rank=8, alpha=16.0)
-    with torch.no_grad():
-        for p in expert_params[1::2]:  # the B factors (zero at init)
-            p.normal_(0, 1e-3)
-    params += expert_params
+    peft_model, params = split_lora(model)
     results["lora_params_m"] = sum(p.numel() for p in params) / 1e6
     results["lora_gib"] = sum(p.numel() * p.element_size() for p in params) / GIB
     phase("speed_mxfp4_lora", lambda: rollout_speed(peft_model, speed_batches, speed_tokens, lengths["prompt"],
@@ -681,7 +709,7 @@ def main() -> int:
                                              T0 + args.long_budget_s, 16 if args.tiny else 1))
     phase("longroll", lambda: long_rollout(peft_model, lengths["group"], lengths["rollout_prompt"],
                                            lengths["rollout_tokens"]))
-    del peft_model, model, params, expert_params
+    del peft_model, model, params
     free()
 
     def mxfp4_nf4_lora():
@@ -691,13 +719,7 @@ def main() -> int:
         model = load_gptoss(tmp, device=DEV, dtype=torch.bfloat16, experts="mxfp4")
         quantize_nf4(model, nf4_parts)
         results["nf4_weights_gib"] = weight_bytes(model) / GIB  # packed bytes (absmaxes are not buffers: +12%)
-        peft_model = attention_lora(model, 8, expert_params=False)
-        params = [p for p in peft_model.parameters() if p.requires_grad]
-        expert_params = add_expert_lora(peft_model, rank=8, alpha=16.0)
-        with torch.no_grad():
-            for p in expert_params[1::2]:
-                p.normal_(0, 1e-3)
-        return peft_model, params + expert_params
+        return split_lora(model)
 
     if nf4_parts:
         results["nf4_parts"] = nf4_parts

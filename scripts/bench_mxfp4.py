@@ -46,8 +46,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_memory import (  # noqa: E402
-    CUDA, DEV, GIB, T0, attention_lora, bench_ms, free, fused_head, load_previous_weights, log, peaks, reset_peak,
-    rollout, sync, train_pass, write_random_mxfp4,
+    CUDA, DEV, GIB, T0, bench_ms, free, load_previous_weights, log, peaks, record_phase, reset_peak, rollout,
+    split_lora, sync, train_pass, train_ready, write_random_mxfp4,
 )
 
 DECODE_ROWS = (4, 32, 64, 128, 256)
@@ -225,18 +225,6 @@ def apply_choice(choice: dict) -> None:
     log("tiles", choice)
 
 
-def split_lora(model):
-    from ossgym.agents.gptoss.mxfp4 import add_expert_lora
-
-    peft_model = attention_lora(model, 8, expert_params=False)
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    expert_params = add_expert_lora(peft_model, rank=8, alpha=16.0)
-    with torch.no_grad():
-        for p in expert_params[1::2]:  # B factors: zero at init; trained ones cost what these cost
-            p.normal_(0, 1e-3)
-    return peft_model, params + expert_params
-
-
 def decode_speed(model, batches, new_tokens, prompt_len, label, engine_rows: int | None = None) -> dict:
     """Rollout tok/s at each batch through the engine as shipped (compiled, CUDA graphs; distinct random prompts):
     with the prefill (the issue's measure) and the decode alone (from a second, 1-token call)."""
@@ -348,6 +336,22 @@ def profile_phase(path: Path, batch: int, prompt_len: int) -> dict:
     return res
 
 
+def group_step(peft_model, params, prompt: list[int], group: int, completion: int) -> tuple[dict, object]:
+    """One GRPO step as ossgym train runs it: a group rollout (engine, CUDA graphs), the engine released, then the
+    training passes (``train_ready``; flex compiled once outside the measurement) and an optimizer step. Returns
+    the peaks and times, and the LM ready for more passes."""
+    row: dict = {}
+    row["rollout"], engine, seqs = rollout(peft_model, prompt, group, completion)
+    engine.release()
+    del engine
+    free()
+    lm = train_ready(peft_model)
+    train_pass(lm, params, [seqs[0][: len(prompt) + 64]], len(prompt), "flex_sinks", "trl")
+    row["train"] = train_pass(lm, params, seqs, len(prompt), "flex_sinks", "trl")
+    row["step_peak_gib"] = max(row["train"]["peak_gib"], row["rollout"]["peak_gib"])
+    return row, lm
+
+
 def nf4_phase(path: Path, parts: tuple[str, ...], prompt_len: int, completion: int, group: int,
               long_tokens: int) -> dict:
     """gpt-oss-20b MXFP4 + LoRA as in ``step120b``, without and then with ``parts`` in NF4 (nf4.py), same run: the
@@ -355,8 +359,6 @@ def nf4_phase(path: Path, parts: tuple[str, ...], prompt_len: int, completion: i
     checkpoints offloaded)."""
     from ossgym.agents.gptoss.mxfp4 import load_gptoss, set_expert_chunk_tokens, weight_bytes
     from ossgym.agents.gptoss.nf4 import quantize_nf4
-    from ossgym.agents.gptoss.offload import offload_embeddings
-    from ossgym.agents.peft_utils import base_model
 
     res: dict = {}
     g = torch.Generator().manual_seed(1)
@@ -370,33 +372,21 @@ def nf4_phase(path: Path, parts: tuple[str, ...], prompt_len: int, completion: i
         row: dict = {"weights_gib": weight_bytes(model) / GIB, "allocated_gib": torch.cuda.memory_allocated() / GIB
                      if CUDA else 0.0}
         peft_model, params = split_lora(model)
-        row["rollout"], engine, seqs = rollout(peft_model, prompt, group, completion)
-        engine.release()
-        del engine
-        free()
-        offload_embeddings(peft_model)
-        lm = base_model(peft_model)
-        fused_head(lm)
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        lm.config.use_cache = False
-        train_pass(lm, params, [seqs[0][: prompt_len + 64]], prompt_len, "flex_sinks", "trl")  # compile flex once
-        row["train"] = train_pass(lm, params, seqs, prompt_len, "flex_sinks", "trl")
-        row["step_peak_gib"] = max(row["train"]["peak_gib"], row["rollout"]["peak_gib"])
+        step, lm = group_step(peft_model, params, prompt, group, completion)
+        row.update(step)
         set_expert_chunk_tokens(lm, 2048)
         row["long"] = train_pass(lm, params, [long_seq], 1024, "flex_sinks", "trl", offload_checkpoints=True,
                                  autocast=AUTOCAST)
         log("nf4 phase", name, row)
         res[name] = row
-        del lm, peft_model, model, params, seqs
+        del lm, peft_model, model, params
         free()
     return res
 
 
 def step120b_phase(config, prompt_len: int, completion: int, group: int) -> dict:
     from ossgym.agents.gptoss.mxfp4 import weight_bytes
-    from ossgym.agents.gptoss.offload import offload_embeddings
     from ossgym.agents.gptoss.presets import random_mxfp4_model
-    from ossgym.agents.peft_utils import base_model
 
     reset_peak()
     t0 = time.perf_counter()
@@ -406,21 +396,10 @@ def step120b_phase(config, prompt_len: int, completion: int, group: int) -> dict
     res["lora_params_m"] = sum(p.numel() for p in params) / 1e6
     log("120b built", res)
     prompt = torch.randint(0, 200000, (prompt_len,), generator=torch.Generator().manual_seed(1)).tolist()
-    res["rollout"], engine, seqs = rollout(peft_model, prompt, group, completion)
-    log("120b rollout", res["rollout"])
-    engine.release()
-    del engine
-    free()
-    offload_embeddings(peft_model)
-    lm = base_model(peft_model)
-    fused_head(lm)
-    lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lm.config.use_cache = False
-    train_pass(lm, params, [seqs[0][: prompt_len + 64]], prompt_len, "flex_sinks", "trl")  # compile flex once
-    res["train"] = train_pass(lm, params, seqs, prompt_len, "flex_sinks", "trl")
-    res["step_peak_gib"] = max(res["train"]["peak_gib"], res["rollout"]["peak_gib"])
-    log("120b train", res["train"])
-    del lm, peft_model, model, params, seqs
+    step, lm = group_step(peft_model, params, prompt, group, completion)
+    res.update(step)
+    log("120b step", step)
+    del lm, peft_model, model, params
     free()
     return res
 
@@ -428,16 +407,10 @@ def step120b_phase(config, prompt_len: int, completion: int, group: int) -> dict
 def budget_phase(path: Path, lengths, prompt_len: int, deadline: float, snapshot_dir: str | None,
                  snapshot_at: int | None = None) -> dict:
     from ossgym.agents.gptoss.mxfp4 import load_gptoss, set_expert_chunk_tokens
-    from ossgym.agents.gptoss.offload import offload_embeddings
-    from ossgym.agents.peft_utils import base_model
 
     model = load_gptoss(path, device=DEV, dtype=torch.bfloat16, experts="mxfp4")
     peft_model, params = split_lora(model)
-    offload_embeddings(peft_model)
-    lm = base_model(peft_model)
-    fused_head(lm)
-    lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lm.config.use_cache = False
+    lm = train_ready(peft_model)
     set_expert_chunk_tokens(lm, 2048)
     g = torch.Generator().manual_seed(7)
     res: dict = {"skipped": []}
@@ -518,24 +491,11 @@ def main() -> int:
         if out_path:
             Path(out_path).write_text(json.dumps(results, indent=1, default=str))
 
-    def phase(name, fn):
-        if name not in phases:
-            return None
-        try:
-            out = fn()
-        except Exception as exc:  # noqa: BLE001 - record and go on
-            traceback.print_exc()
-            results["errors"][name] = repr(exc)[:800]
-            out = None
-        free()
-        results[name] = out
-        save()
-        return out
 
     prev = load_previous_weights(args.prev_weights) if args.prev_weights and CUDA else None
     config = tiny_config() if args.tiny else gpt_oss_20b_config()
     tmp = Path(tempfile.mkdtemp(prefix="gptoss-mxfp4-"))
-    if any(p in phases for p in ("kernel", "speed", "engine_rows", "profile", "nf4", "budget", "cli")):
+    if set(phases) - {"step120b"}:  # every other phase reads the 20b MXFP4 folder
         results["write_s"] = write_random_mxfp4(config, tmp)
         log("wrote the MXFP4 checkpoint", results["write_s"])
     tiny = args.tiny
@@ -571,7 +531,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown phases {unknown}; choose from {list(runs)}")
     for name in phases:  # in the order given
-        phase(name, runs[name])
+        record_phase(results, name, runs[name], save)
     results["wall_s"] = time.perf_counter() - T0
     save()
     print(json.dumps({k: v for k, v in results.items() if k not in ("kernel",)}, default=str)[:6000])
