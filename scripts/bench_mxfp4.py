@@ -52,10 +52,16 @@ from bench_memory import (  # noqa: E402
 
 DECODE_ROWS = (4, 32, 64, 128, 256)
 AUTOCAST = False  # --autocast: long steps under bf16 autocast, as the trainer runs them
-GEMV_TILES = [dict(block_n=bn, block_g=bg, num_warps=w) for bn in (16, 32, 64) for bg in (4, 8) for w in (2, 4)]
-DOT_TILES = [(16, 64, 128, 4, False), (16, 64, 64, 4, False), (16, 128, 64, 4, False), (32, 64, 64, 4, False),
-             (16, 64, 128, 4, True), (16, 128, 128, 4, True), (32, 64, 128, 4, True), (64, 128, 64, 8, False),
-             (128, 128, 64, 8, False), (64, 128, 128, 8, False), (128, 128, 128, 8, True)]
+GEMV_TILES = [dict(block_n=bn, block_g=bg, num_warps=w) for bn in (16, 32) for bg in (8, 16) for w in (2, 4)] + [
+    dict(block_n=8, block_g=8, num_warps=1), dict(block_n=16, block_g=8, num_warps=1)]
+# (block_m, block_n, block_k, warps, split, swap): block_m <= 32 for decode sizes, >= 64 for 4K rows (both at 256)
+DOT_TILES = [(16, 64, 128, 4, False, False), (16, 128, 64, 4, False, False), (32, 64, 64, 4, False, False),
+             (16, 64, 128, 4, True, False),
+             (16, 64, 128, 4, False, True), (16, 128, 128, 4, False, True), (16, 128, 64, 4, False, True),
+             (32, 128, 64, 4, False, True), (16, 128, 128, 4, True, True), (16, 256, 64, 8, False, True),
+             (64, 128, 64, 8, False, False), (128, 128, 64, 8, False, False), (64, 128, 128, 8, False, False),
+             (64, 128, 64, 4, False, True), (128, 128, 64, 8, False, True), (64, 256, 64, 8, False, True),
+             (128, 128, 128, 8, True, True)]
 
 
 def graph_ms(fn, calls: int = 10, reps: int = 20) -> float:
@@ -210,8 +216,8 @@ def choose_tiles(cases: dict) -> dict:
         threshold = rows
     bn, bg, warps = (int(v) for v in best_gemv.split()[1].split("/"))
     def tile(cand: str) -> tuple:
-        *sizes, split = cand.split()[1].split("/")
-        return (*(int(v) for v in sizes), split == "True")
+        *sizes, split, swap = cand.split()[1].split("/")
+        return (*(int(v) for v in sizes), split == "True", swap == "True")
 
     return {"GEMV_TILE": {"block_n": bn, "block_g": bg, "num_warps": warps}, "GEMV_MAX_ROWS": threshold,
             "DOT_TILES": {"small": tile(best_small), "large": tile(best_large)}}
@@ -298,42 +304,47 @@ def engine_rows_phase(path: Path, new_tokens: int, prompt_len: int) -> dict:
     return res
 
 
-def profile_phase(path: Path, batch: int, prompt_len: int) -> dict:
-    """Where a decode step's time goes (MXFP4 + LoRA, compiled): wall time per token in generate, one captured
-    step's replay alone (device time), and the kernels of eager-launched steps by CUDA time."""
+def profile_phase(path: Path, batches, prompt_len: int) -> dict:
+    """Where a decode step's time goes (MXFP4 + LoRA, compiled) at each batch: wall time per token in generate,
+    one captured step's replay alone (device time), and the kernels of eagerly launched steps by CUDA time."""
+    from torch.profiler import ProfilerActivity, profile
+
     from ossgym.agents.gptoss.engine import FastGptOss
     from ossgym.agents.gptoss.mxfp4 import load_gptoss
 
     model = load_gptoss(path, device=DEV, dtype=torch.bfloat16, experts="mxfp4")
     peft_model, _ = split_lora(model)
-    engine = FastGptOss(peft_model, max_batch_size=batch, max_seq_len=prompt_len + 80, compile=True)
-    prompts = torch.randint(0, 200000, (batch, prompt_len), generator=torch.Generator().manual_seed(0)).tolist()
-    engine.generate(prompts, max_new_tokens=4, seed=0)
-    engine.warmup(batch)
-    sync()
-    t0 = time.perf_counter()
-    engine.generate(prompts, max_new_tokens=64, seed=1)
-    sync()
-    res: dict = {"batch": batch, "wall_ms_per_step": (time.perf_counter() - t0) * 1e3 / 64}
-    if engine._graphs:
-        res["graph_replay_ms"] = bench_ms(engine._graphs[max(engine._graphs)].graph.replay)
-    tokens = torch.zeros(batch, dtype=torch.long, device=DEV)
-    pad = torch.zeros(batch, dtype=torch.long, device=DEV)
-    engine.use_graphs = False
-    res["eager_launch_ms_per_step"] = bench_ms(lambda: engine._decode(tokens, prompt_len + 10, pad), reps=5)
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(3):
-            engine._decode(tokens, prompt_len + 10, pad)
+    out: dict = {}
+    for batch in batches:
+        engine = FastGptOss(peft_model, max_batch_size=batch, max_seq_len=prompt_len + 80, compile=True)
+        prompts = torch.randint(0, 200000, (batch, prompt_len), generator=torch.Generator().manual_seed(0)).tolist()
+        engine.generate(prompts, max_new_tokens=4, seed=0)
+        engine.warmup(batch)
         sync()
-    res["kernels"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70)
-    log("profile", {k: v for k, v in res.items() if k != "kernels"})
-    print(res["kernels"][-6000:])
-    engine.release()
-    del engine, peft_model, model
+        t0 = time.perf_counter()
+        engine.generate(prompts, max_new_tokens=64, seed=1)
+        sync()
+        res: dict = {"batch": batch, "wall_ms_per_step": (time.perf_counter() - t0) * 1e3 / 64}
+        if engine._graphs:
+            res["graph_replay_ms"] = bench_ms(engine._graphs[max(engine._graphs)].graph.replay)
+        tokens = torch.zeros(batch, dtype=torch.long, device=DEV)
+        pad = torch.zeros(batch, dtype=torch.long, device=DEV)
+        engine.use_graphs = False
+        res["eager_launch_ms_per_step"] = bench_ms(lambda: engine._decode(tokens, prompt_len + 10, pad), reps=5)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                engine._decode(tokens, prompt_len + 10, pad)
+            sync()
+        res["kernels"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70)
+        log("profile", {k: v for k, v in res.items() if k != "kernels"})
+        print(res["kernels"][-6000:])
+        engine.release()
+        del engine
+        free()
+        out[batch] = res
+    del peft_model, model
     free()
-    return res
+    return out
 
 
 def group_step(peft_model, params, prompt: list[int], group: int, completion: int) -> tuple[dict, object]:
@@ -518,7 +529,7 @@ def main() -> int:
         "kernel": kernel,
         "speed": lambda: speed_phase(tmp, config, prev, batches, new_tokens, prompt),
         "engine_rows": lambda: engine_rows_phase(tmp, 8 if tiny else 128, prompt),
-        "profile": lambda: profile_phase(tmp, 1, prompt),
+        "profile": lambda: profile_phase(tmp, [1, 4] if tiny else [1, 64], prompt),
         "nf4": lambda: nf4_phase(tmp, ("attention", "lm_head"), prompt, 16 if tiny else 1024, 4 if tiny else 8,
                                  300 if tiny else 16384),
         "step120b": lambda: step120b_phase(config if tiny else gpt_oss_120b_config(), prompt, 16 if tiny else 1024,

@@ -198,12 +198,15 @@ if triton is not None:
         x_ptr, blocks_ptr, scales_ptr, y_ptr, block_expert_ptr, block_row_ptr, seg_end_ptr,
         stride_xm, stride_ym, stride_be, stride_bo, stride_se, stride_so,
         N: tl.constexpr, K: tl.constexpr, in_features: tl.constexpr, TRANSPOSE: tl.constexpr, BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, SWAP: tl.constexpr,
     ):
         """y[rows of a block] = x[rows] @ W[e].T (TRANSPOSE: @ W[e]); W[e] [out, in] dequantized tile by tile.
 
         SPLIT (not TRANSPOSE): the nibbles are not interleaved into feature order; the low ones multiply x's even
-        features and the high ones its odd features, as two products of half the depth."""
+        features and the high ones its odd features, as two products of half the depth.
+        SWAP: the product is computed transposed, y.T = W-tile @ x.T, so the dequantized weight (in registers) is
+        the MMA's left operand, which Hopper's wgmma reads from registers, and the few rows of a decode-sized
+        block are its narrow right side (no round trip of the weight tile through shared memory)."""
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
         block_expert = tl.load(block_expert_ptr + pid_m)
@@ -215,7 +218,10 @@ if triton is not None:
         row_mask = rows < row_end
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         col_mask = cols < N
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if SWAP:
+            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         if used:
             for k0 in range(0, K, BLOCK_K):
                 ks = k0 + tl.arange(0, BLOCK_K)
@@ -238,18 +244,32 @@ if triton is not None:
                     factor = _e8m0(s)
                     lo = (_e2m1(raw & 15) * factor).to(x_even.dtype)
                     hi = (_e2m1(raw >> 4) * factor).to(x_even.dtype)
-                    acc += tl.dot(x_even, tl.trans(lo))
-                    acc += tl.dot(x_odd, tl.trans(hi))
+                    if SWAP:
+                        acc += tl.dot(lo, tl.trans(x_even))
+                        acc += tl.dot(hi, tl.trans(x_odd))
+                    else:
+                        acc += tl.dot(x_even, tl.trans(lo))
+                        acc += tl.dot(x_odd, tl.trans(hi))
                 elif TRANSPOSE:  # K = out features, N = in features
                     w = _dequant_tile(blocks_ptr, scales_ptr, expert, ks, k_mask, pid_n * BLOCK_N, in_features,
-                                      stride_be, stride_bo, stride_se, stride_so, BLOCK_K, BLOCK_N)
-                    acc += tl.dot(a, w.to(a.dtype))
+                                      stride_be, stride_bo, stride_se, stride_so, BLOCK_K, BLOCK_N).to(a.dtype)
+                    if SWAP:
+                        acc += tl.dot(tl.trans(w), tl.trans(a))
+                    else:
+                        acc += tl.dot(a, w)
                 else:  # K = in features, N = out features
                     w = _dequant_tile(blocks_ptr, scales_ptr, expert, cols, col_mask, k0, in_features,
-                                      stride_be, stride_bo, stride_se, stride_so, BLOCK_N, BLOCK_K)
-                    acc += tl.dot(a, tl.trans(w.to(a.dtype)))
-        tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], acc.to(y_ptr.dtype.element_ty),
-                 mask=row_mask[:, None] & col_mask[None, :])
+                                      stride_be, stride_bo, stride_se, stride_so, BLOCK_N, BLOCK_K).to(a.dtype)
+                    if SWAP:
+                        acc += tl.dot(w, tl.trans(a))
+                    else:
+                        acc += tl.dot(a, tl.trans(w))
+        if SWAP:  # acc is [cols, rows]
+            tl.store(y_ptr + rows[None, :] * stride_ym + cols[:, None], acc.to(y_ptr.dtype.element_ty),
+                     mask=row_mask[None, :] & col_mask[:, None])
+        else:
+            tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], acc.to(y_ptr.dtype.element_ty),
+                     mask=row_mask[:, None] & col_mask[None, :])
 
 
 def _block_layout(offs: torch.Tensor, rows: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -275,10 +295,10 @@ def _triton_ok(x: torch.Tensor) -> bool:
 
 # Tiles of the CUDA kernels (scripts/bench_memory.py's kernel phase sweeps them on the GPU): products of at most
 # GEMV_MAX_ROWS rows (decode) take the one-row kernel, larger ones the tensor-core kernel, with the small or large
-# tile (block_m, block_n, block_k, warps, split: see the kernel) by rows per expert.
+# tile (block_m, block_n, block_k, warps, split, swap: see the kernel) by rows per expert.
 GEMV_MAX_ROWS = 128
 GEMV_TILE = {"block_n": 16, "block_g": 8, "num_warps": 2}
-DOT_TILES = {"small": (64, 128, 128, 8, False), "large": (128, 128, 64, 8, False)}
+DOT_TILES = {"small": (64, 128, 128, 8, False, False), "large": (128, 128, 64, 8, False, False)}
 
 
 def row_experts(offs: torch.Tensor, rows: int) -> torch.Tensor:
@@ -288,7 +308,7 @@ def row_experts(offs: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def _mxfp4_mm_triton(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, offs: torch.Tensor,
-                     transpose: bool) -> torch.Tensor:
+                     transpose: bool, row_expert: torch.Tensor | None = None) -> torch.Tensor:
     num_experts, out_features, groups, _ = blocks.shape
     in_features = groups * BLOCK
     n, k = (in_features, out_features) if transpose else (out_features, in_features)
@@ -298,7 +318,7 @@ def _mxfp4_mm_triton(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor
     if rows == 0:
         return y
     if not transpose and rows <= GEMV_MAX_ROWS:
-        row_expert = row_experts(offs, rows).to(torch.int32)
+        row_expert = (row_experts(offs, rows) if row_expert is None else row_expert).to(torch.int32)
         tile = GEMV_TILE
         _mxfp4_gemv_kernel[(rows, triton.cdiv(n, tile["block_n"]))](
             x, blocks, scales, y, row_expert,
@@ -307,14 +327,14 @@ def _mxfp4_mm_triton(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor
         )
         return y
     small = rows <= 4 * num_experts * 4  # a few rows per expert
-    block_m, block_n, block_k, warps, split = DOT_TILES["small" if small else "large"]
+    block_m, block_n, block_k, warps, split, swap = DOT_TILES["small" if small else "large"]
     block_expert, block_row, max_blocks = _block_layout(offs, rows, block_m)
     grid = (max_blocks, triton.cdiv(n, block_n))
     _mxfp4_grouped_kernel[grid](
         x, blocks, scales, y, block_expert, block_row, offs.to(torch.int32),
         x.stride(0), y.stride(0), blocks.stride(0), blocks.stride(1), scales.stride(0), scales.stride(1),
         N=n, K=k, in_features=in_features, TRANSPOSE=transpose, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        SPLIT=split and not transpose, num_warps=warps,
+        SPLIT=split and not transpose, SWAP=swap, num_warps=warps,
     )
     return y
 
@@ -336,29 +356,30 @@ def _mxfp4_mm_torch(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor,
 
 @torch.library.custom_op("ossgym::mxfp4_grouped_mm", mutates_args=())
 def mxfp4_grouped_mm(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, offs: torch.Tensor,
-                     transpose: bool = False) -> torch.Tensor:
+                     transpose: bool = False, row_expert: torch.Tensor | None = None) -> torch.Tensor:
     """Rows of x sorted by expert (group e ends at offs[e]) times each group's MXFP4 weight: x @ W[e]^T, or
-    x @ W[e] when transpose (W[e] is [out, in] as stored)."""
+    x @ W[e] when transpose (W[e] is [out, in] as stored). `row_expert`: each row's expert, when the caller
+    has it (the experts pass sorts by it), so the decode kernel need not search offs again."""
     if _triton_ok(x):
-        return _mxfp4_mm_triton(x, blocks, scales, offs, transpose)
+        return _mxfp4_mm_triton(x, blocks, scales, offs, transpose, row_expert)
     return _mxfp4_mm_torch(x, blocks, scales, offs, transpose)
 
 
 @mxfp4_grouped_mm.register_fake
-def _(x, blocks, scales, offs, transpose=False):
+def _(x, blocks, scales, offs, transpose=False, row_expert=None):
     n = blocks.shape[2] * BLOCK if transpose else blocks.shape[1]
     return x.new_empty(x.shape[0], n)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    _, blocks, scales, offs, transpose = inputs
+    _, blocks, scales, offs, transpose, _ = inputs
     ctx.save_for_backward(blocks, scales, offs)
     ctx.transpose = transpose
 
 
 def _backward(ctx, grad):
     blocks, scales, offs = ctx.saved_tensors
-    return mxfp4_grouped_mm(grad, blocks, scales, offs, not ctx.transpose), None, None, None, None
+    return mxfp4_grouped_mm(grad, blocks, scales, offs, not ctx.transpose), None, None, None, None, None
 
 
 mxfp4_grouped_mm.register_autograd(_backward, setup_context=_setup_context)
@@ -382,24 +403,27 @@ def _dense_grouped(x: torch.Tensor, weight: torch.Tensor, offs: torch.Tensor) ->
 
 
 def grouped_linear(x: torch.Tensor, weight: ExpertWeight, offs: torch.Tensor,
-                   lora: LoraFactors | tuple[LoraFactors, ...] | None = None) -> torch.Tensor:
-    """x [M, in] sorted by expert (group e ends at offs[e], int32) -> [M, out]: x @ W[e] (+ split LoRA)."""
+                   lora: LoraFactors | tuple[LoraFactors, ...] | None = None,
+                   row_expert: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, in] sorted by expert (group e ends at offs[e], int32) -> [M, out]: x @ W[e] (+ split LoRA).
+    `row_expert` [M]: each row's expert, if the caller has it (else found from offs where needed)."""
     if isinstance(weight, Mxfp4):
-        y = mxfp4_grouped_mm(x, weight.blocks, weight.scales, offs, False)
+        y = mxfp4_grouped_mm(x, weight.blocks, weight.scales, offs, False, row_expert)
     else:
         y = _dense_grouped(x, weight, offs)
     if lora is None:
         return y
     for factors in (lora,) if isinstance(lora, LoraFactors) else lora:
-        y = y + _lora_delta(x, factors.a, factors.b, offs) * factors.scaling
+        y = y + _lora_delta(x, factors.a, factors.b, offs, row_expert) * factors.scaling
     return y
 
 
-def _lora_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+def _lora_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor,
+                row_expert: torch.Tensor | None = None) -> torch.Tensor:
     """(x @ a[e]) @ b[e] per row. A few rows (decode): each row's factors gathered and two batched products,
     cheaper than a grouped GEMM's per-group setup over every expert; more rows: two grouped products."""
     if x.shape[0] <= GEMV_MAX_ROWS:
-        e = row_experts(offs, x.shape[0])
+        e = row_experts(offs, x.shape[0]) if row_expert is None else row_expert
         return torch.bmm(torch.bmm(x[:, None], a[e].to(x.dtype)), b[e].to(x.dtype))[:, 0]
     return _dense_grouped(_dense_grouped(x, a.to(x.dtype), offs), b.to(x.dtype), offs)
 
@@ -467,9 +491,9 @@ def _experts_pass(x: torch.Tensor, weights: torch.Tensor, index: torch.Tensor, g
     counts = torch.bincount(flat, minlength=num_experts) if not x.is_cuda else (
         (expert_sorted[:, None] == torch.arange(num_experts, device=x.device)).sum(0))
     offs = torch.cumsum(counts, 0, dtype=torch.int32)
-    h = grouped_linear(x[token], gate_up, offs, gate_up_lora) + gate_up_bias[expert_sorted].to(x.dtype)
+    h = grouped_linear(x[token], gate_up, offs, gate_up_lora, expert_sorted) + gate_up_bias[expert_sorted].to(x.dtype)
     h = clamped_swiglu(h, alpha, limit)
-    y = grouped_linear(h.contiguous(), down, offs, down_lora) + down_bias[expert_sorted].to(x.dtype)
+    y = grouped_linear(h.contiguous(), down, offs, down_lora, expert_sorted) + down_bias[expert_sorted].to(x.dtype)
     y = y.float() * weights.reshape(-1)[order, None].float()
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device).index_add(0, token, y)
     return out.to(x.dtype)
