@@ -137,7 +137,10 @@ def kernel_phase(model, prev) -> dict:
     shipped = (dict(W.GEMV_TILE), W.GEMV_MAX_ROWS, dict(W.DOT_TILES))
 
     def run(fn, x, ref, graph: bool = True):
-        y = fn().float()
+        try:
+            y = fn().float()
+        except Exception as exc:  # noqa: BLE001 - a candidate that does not compile is a result
+            return {"ok": False, "error": repr(exc)[:300], "ms": None}
         err = ((y - ref).norm() / ref.norm()).item()
         ok = bool(torch.isfinite(y).all()) and err < 1e-2
         timed = (graph_ms(fn) if graph else bench_ms(fn)) if ok else None  # a host sync cannot be captured
