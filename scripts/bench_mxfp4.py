@@ -272,6 +272,8 @@ def speed_phase(path: Path, config, prev, batches, new_tokens, prompt_len) -> di
 
     res: dict = {}
     model = load_gptoss(path, device=DEV, dtype=torch.bfloat16, experts="mxfp4")
+    # before split_lora, which adds the LoRA layers to `model` itself (earlier entries' "no LoRA" rows had them)
+    res["mxfp4"] = decode_speed(model, batches, new_tokens, prompt_len, "mxfp4 no LoRA")
     peft_model, _ = split_lora(model)
     res["mxfp4_lora"] = decode_speed(peft_model, batches, new_tokens, prompt_len, "mxfp4 + LoRA")
     if prev is not None:
@@ -284,7 +286,6 @@ def speed_phase(path: Path, config, prev, batches, new_tokens, prompt_len) -> di
                                                   "mxfp4 + LoRA, main's kernel and LoRA path")
         finally:
             W._mxfp4_mm_triton, W._lora_delta = current
-    res["mxfp4"] = decode_speed(model, batches, new_tokens, prompt_len, "mxfp4 no LoRA")
     del peft_model, model
     free()
     bf16 = random_model(config, DEV)

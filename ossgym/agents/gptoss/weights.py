@@ -296,9 +296,9 @@ def _triton_ok(x: torch.Tensor) -> bool:
 # Tiles of the CUDA kernels (scripts/bench_memory.py's kernel phase sweeps them on the GPU): products of at most
 # GEMV_MAX_ROWS rows (decode) take the one-row kernel, larger ones the tensor-core kernel, with the small or large
 # tile (block_m, block_n, block_k, warps, split, swap: see the kernel) by rows per expert.
-GEMV_MAX_ROWS = 128
+GEMV_MAX_ROWS = 64
 GEMV_TILE = {"block_n": 16, "block_g": 8, "num_warps": 2}
-DOT_TILES = {"small": (64, 128, 128, 8, False, False), "large": (128, 128, 64, 8, False, False)}
+DOT_TILES = {"small": (16, 64, 128, 4, False, True), "large": (128, 128, 64, 8, False, True)}
 
 
 def row_experts(offs: torch.Tensor, rows: int) -> torch.Tensor:
