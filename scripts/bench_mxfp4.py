@@ -82,45 +82,6 @@ def graph_ms(fn, calls: int = 10, reps: int = 20) -> float:
     return bench_ms(graph.replay, reps) / calls
 
 
-try:  # the by-expert candidate's dequantization kernel (CUDA; Triton's interpreter on the CPU)
-    import triton
-    import triton.language as tl
-
-    from ossgym.agents.gptoss.weights import _e2m1, _e8m0
-
-    @triton.jit
-    def _dequant_kernel(blocks_ptr, scales_ptr, out_ptr, n_bytes, SIZE: tl.constexpr):
-        """One expert's [out, in/32, 16] bytes -> [out, in] values (low nibble first), SIZE bytes per program."""
-        byte = tl.program_id(0) * SIZE + tl.arange(0, SIZE)
-        mask = byte < n_bytes
-        raw = tl.load(blocks_ptr + byte, mask=mask, other=0).to(tl.int32)
-        factor = _e8m0(tl.load(scales_ptr + byte // 16, mask=mask, other=0).to(tl.int32))
-        tl.store(out_ptr + 2 * byte, (_e2m1(raw & 15) * factor).to(out_ptr.dtype.element_ty), mask=mask)
-        tl.store(out_ptr + 2 * byte + 1, (_e2m1(raw >> 4) * factor).to(out_ptr.dtype.element_ty), mask=mask)
-except ImportError:  # CPU installs
-    triton = None
-
-
-def by_expert_product(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, offs: torch.Tensor,
-                      transpose: bool) -> torch.Tensor:
-    """A candidate for large products, timed beside the kernels (not in weights.py until it wins): each routed
-    expert's weight dequantized by a Triton kernel into one reused bf16 buffer (one expert, 33 MB for gate_up,
-    never a layer), then cuBLAS on its rows. The group sizes go to the host (a sync), so it could serve prefill
-    and training, never the decode graph."""
-    num_experts, out_features, groups, _ = blocks.shape
-    in_features = groups * 32
-    y = torch.empty(x.shape[0], in_features if transpose else out_features, dtype=x.dtype, device=x.device)
-    weight = torch.empty(out_features, in_features, dtype=x.dtype, device=x.device)
-    n_bytes = out_features * groups * 16
-    start = 0
-    for e, end in enumerate(offs.tolist()):
-        if end > start:
-            _dequant_kernel[(triton.cdiv(n_bytes, 1024),)](blocks[e], scales[e], weight, n_bytes, SIZE=1024)
-            torch.mm(x[start:end], weight if transpose else weight.t(), out=y[start:end])
-        start = end
-    return y
-
-
 def routed_offs(rows: int, num_experts: int, top_k: int = 4, seed: int = 0) -> torch.Tensor:
     """Group ends of `rows` routed rows as a router makes them: rows / top_k tokens, each on top_k distinct experts."""
     g = torch.Generator().manual_seed(seed)
@@ -136,14 +97,14 @@ def kernel_phase(model, prev) -> dict:
     cases: dict = {}
     shipped = (dict(W.GEMV_TILE), W.GEMV_MAX_ROWS, dict(W.DOT_TILES))
 
-    def run(fn, x, ref, graph: bool = True):
+    def run(fn, x, ref):
         try:
             y = fn().float()
         except Exception as exc:  # noqa: BLE001 - a candidate that does not compile is a result
             return {"ok": False, "error": repr(exc)[:300], "ms": None}
         err = ((y - ref).norm() / ref.norm()).item()
         ok = bool(torch.isfinite(y).all()) and err < 1e-2
-        timed = (graph_ms(fn) if graph else bench_ms(fn)) if ok else None  # a host sync cannot be captured
+        timed = graph_ms(fn) if ok else None
         return {"rel_err": err, "ok": ok, "ms": timed, "launch_ms": bench_ms(fn) if ok else None}
 
     for name in ("gate_up_proj", "down_proj"):
@@ -166,9 +127,6 @@ def kernel_phase(model, prev) -> dict:
                         W.GEMV_TILE = tile
                         case[f"gemv {tile['block_n']}/{tile['block_g']}/{tile['num_warps']}"] = run(
                             lambda: W._mxfp4_mm_triton(x, w.blocks, w.scales, offs, transpose), x, ref)
-                if rows >= 256:
-                    case["by_expert"] = run(lambda: by_expert_product(x, w.blocks, w.scales, offs, transpose), x,
-                                            ref, graph=False)
                 W.GEMV_MAX_ROWS = 0
                 for tile in DOT_TILES:
                     if (rows <= 256) != (tile[0] <= 32) and rows != 256:
@@ -264,8 +222,8 @@ def decode_speed(model, batches, new_tokens, prompt_len, label, engine_rows: int
     return res
 
 
-def speed_phase(path: Path, config, prev, batches, new_tokens, prompt_len) -> dict:
-    """MXFP4 + LoRA now, the same with main's kernel and LoRA path (the baseline), MXFP4 alone, bf16 alone."""
+def speed_phase(path: Path, config, batches, new_tokens, prompt_len) -> dict:
+    """MXFP4 alone, MXFP4 + LoRA (fused decode LoRA), the same with the LoRA unfused, bf16 alone (the goal)."""
     from ossgym.agents.gptoss import weights as W
     from ossgym.agents.gptoss.mxfp4 import load_gptoss
     from ossgym.agents.gptoss.presets import random_model
@@ -276,16 +234,12 @@ def speed_phase(path: Path, config, prev, batches, new_tokens, prompt_len) -> di
     res["mxfp4"] = decode_speed(model, batches, new_tokens, prompt_len, "mxfp4 no LoRA")
     peft_model, _ = split_lora(model)
     res["mxfp4_lora"] = decode_speed(peft_model, batches, new_tokens, prompt_len, "mxfp4 + LoRA")
-    if prev is not None:
-        current = W._mxfp4_mm_triton, W._lora_delta
-        W._mxfp4_mm_triton = prev._mxfp4_mm_triton
-        W._lora_delta = lambda x, a, b, offs: W._dense_grouped(W._dense_grouped(x, a.to(x.dtype), offs),
-                                                               b.to(x.dtype), offs)
-        try:
-            res["mxfp4_lora_main"] = decode_speed(peft_model, batches, new_tokens, prompt_len,
-                                                  "mxfp4 + LoRA, main's kernel and LoRA path")
-        finally:
-            W._mxfp4_mm_triton, W._lora_delta = current
+    fused = W.lora_add
+    W.lora_add = lambda y, x, f, offs=None, row_expert=None: y + W._lora_delta(x, f.a, f.b, offs, row_expert) * f.scaling
+    try:  # the baseline of the fused decode LoRA: two products, a scale and an add per adapter (151eb21's path)
+        res["mxfp4_lora_unfused"] = decode_speed(peft_model, batches, new_tokens, prompt_len, "mxfp4 + LoRA unfused")
+    finally:
+        W.lora_add = fused
     del peft_model, model
     free()
     bf16 = random_model(config, DEV)
@@ -531,7 +485,7 @@ def main() -> int:
 
     runs = {
         "kernel": kernel,
-        "speed": lambda: speed_phase(tmp, config, prev, batches, new_tokens, prompt),
+        "speed": lambda: speed_phase(tmp, config, batches, new_tokens, prompt),
         "engine_rows": lambda: engine_rows_phase(tmp, 8 if tiny else 128, prompt),
         "profile": lambda: profile_phase(tmp, [1, 4] if tiny else [1, 64], prompt),
         "nf4": lambda: nf4_phase(tmp, ("attention", "lm_head"), prompt, 16 if tiny else 1024, 4 if tiny else 8,
