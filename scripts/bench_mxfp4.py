@@ -223,8 +223,7 @@ def decode_speed(model, batches, new_tokens, prompt_len, label, engine_rows: int
 
 
 def speed_phase(path: Path, config, batches, new_tokens, prompt_len) -> dict:
-    """MXFP4 alone, MXFP4 + LoRA (fused decode LoRA), the same with the LoRA unfused, bf16 alone (the goal)."""
-    from ossgym.agents.gptoss import weights as W
+    """MXFP4 alone, MXFP4 + LoRA on attention and experts, bf16 alone (the goal)."""
     from ossgym.agents.gptoss.mxfp4 import load_gptoss
     from ossgym.agents.gptoss.presets import random_model
 
@@ -234,12 +233,6 @@ def speed_phase(path: Path, config, batches, new_tokens, prompt_len) -> dict:
     res["mxfp4"] = decode_speed(model, batches, new_tokens, prompt_len, "mxfp4 no LoRA")
     peft_model, _ = split_lora(model)
     res["mxfp4_lora"] = decode_speed(peft_model, batches, new_tokens, prompt_len, "mxfp4 + LoRA")
-    fused = W.lora_add
-    W.lora_add = lambda y, x, f, offs=None, row_expert=None: y + W._lora_delta(x, f.a, f.b, offs, row_expert) * f.scaling
-    try:  # the baseline of the fused decode LoRA: two products, a scale and an add per adapter (151eb21's path)
-        res["mxfp4_lora_unfused"] = decode_speed(peft_model, batches, new_tokens, prompt_len, "mxfp4 + LoRA unfused")
-    finally:
-        W.lora_add = fused
     del peft_model, model
     free()
     bf16 = random_model(config, DEV)

@@ -63,31 +63,6 @@ def unwrap_param_wrappers(module: "nn.Module") -> "tuple[nn.Module, dict[str, tu
     return module, factors
 
 
-def linear_lora_factors(module: "nn.Module") -> "tuple[nn.Module, list[LoraFactors]] | None":
-    """(the base layer, the active adapters as single-expert factors a [1, in, r], b [1, r, out]: views, no copy)
-    for a peft LoRA ``Linear`` whose forward is exactly base(x) + scaling * B(A(x)): plain LoRA (no DoRA or other
-    variant, no LoRA bias), unmerged, adapters enabled, no dropout in effect. None for anything else (the caller
-    runs the module itself)."""
-    from ossgym.agents.gptoss.weights import LoraFactors
-
-    if is_param_wrapper(module) or not all(hasattr(module, n) for n in ("lora_A", "lora_B", "base_layer", "scaling")):
-        return None
-    if module.disable_adapters or module.merged or getattr(module, "lora_variant", None):
-        return None
-    out = []
-    for adapter in module.active_adapters:
-        if adapter not in module.lora_A:
-            continue
-        lora_a, lora_b = module.lora_A[adapter], module.lora_B[adapter]
-        dropout = module.lora_dropout[adapter]
-        if lora_b.bias is not None or (module.training and getattr(dropout, "p", 0.0) > 0):
-            return None
-        a = lora_a.weight.t()[None]  # [1, in, r]
-        b = lora_b.weight.t()[None]  # [1, r, out]
-        out.append(LoraFactors(a, b, float(module.scaling[adapter])))
-    return module.base_layer, out
-
-
 class _DropCpuKernelWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward")

@@ -29,8 +29,7 @@ from ossgym.agents.gptoss.attention import (
 from ossgym.agents.gptoss.kv_cache import KVCache
 from ossgym.agents.gptoss.moe import moe_args, moe_tensors
 from ossgym.agents.gptoss.sampling import sample
-from ossgym.agents.gptoss import weights
-from ossgym.agents.peft_utils import base_model, linear_lora_factors
+from ossgym.agents.peft_utils import base_model
 from ossgym.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -68,20 +67,6 @@ def decode_attention(
     """One query column per row against the cache (read once); kv_cols: the column each cache slot holds."""
     mask = allowed(col.view(1, 1, 1, 1), kv_cols.view(1, 1, 1, -1), pad.view(-1, 1, 1, 1), window)
     return attend(q, k_cache, v_cache, mask, sinks, scale)
-
-
-def project(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """module(x) for an attention projection. A plain peft LoRA layer at decode sizes runs its base product and then
-    one fused launch per adapter (weights.lora_add) instead of peft's two products, scale and add: the same sum."""
-    found = linear_lora_factors(module) if x[..., 0].numel() <= weights.GEMV_MAX_ROWS else None
-    if found is None:
-        return module(x)
-    base, factors = found
-    y = base(x)
-    flat, out = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
-    for f in factors:
-        out = weights.lora_add(out, flat, f)
-    return out.view(y.shape)
 
 
 def embedding_device(embed: nn.Module) -> torch.device:
@@ -185,9 +170,9 @@ class FastGptOss:
         attn = self.base.layers[i].self_attn
         batch, length, _ = x.shape
         shape = (batch, length, -1, self.head_dim)
-        q = project(attn.q_proj, x).view(shape).transpose(1, 2)
-        k = project(attn.k_proj, x).view(shape).transpose(1, 2)
-        v = project(attn.v_proj, x).view(shape).transpose(1, 2)
+        q = attn.q_proj(x).view(shape).transpose(1, 2)
+        k = attn.k_proj(x).view(shape).transpose(1, 2)
+        v = attn.v_proj(x).view(shape).transpose(1, 2)
         q, k = fns.rope(q, cos, sin), fns.rope(k, cos, sin)
         window = self.window if self.cache.is_sliding(i) else None
         if col is not None:  # decode: one column
@@ -203,7 +188,7 @@ class FastGptOss:
                 )
             else:
                 out = attend(q, k, v, prefill_mask(pad, length, window), attn.sinks, attn.scaling)
-        return project(attn.o_proj, out.transpose(1, 2).reshape(batch, length, -1))
+        return attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
     def _moe(self, i: int, x: torch.Tensor, fns) -> torch.Tensor:
         mlp = self.base.layers[i].mlp

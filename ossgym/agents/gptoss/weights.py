@@ -275,38 +275,6 @@ if triton is not None:
                      mask=row_mask[:, None] & col_mask[None, :])
 
 
-    @triton.jit
-    def _lora_rows_kernel(
-        x_ptr, a_ptr, b_ptr, y_ptr, out_ptr, row_expert_ptr, scaling,
-        stride_xm, stride_ym, stride_om, stride_ae, stride_ak, stride_ar, stride_be, stride_br, stride_bn,
-        K: tl.constexpr, N: tl.constexpr, R: tl.constexpr, R_PAD: tl.constexpr, BLOCK_K: tl.constexpr,
-        BLOCK_N: tl.constexpr, HAS_EXPERT: tl.constexpr,
-    ):
-        """out[row, cols] = y[row, cols] + scaling * (x[row] @ a[e]) @ b[e][:, cols], e = the row's expert (0 without
-        HAS_EXPERT), in fp32: the rank-r projection is recomputed by each column block (it is K x r reads from
-        L2), so one launch does what two products, a scale and an add would."""
-        row = tl.program_id(0)
-        pid_n = tl.program_id(1)
-        expert = tl.load(row_expert_ptr + row).to(tl.int64) if HAS_EXPERT else 0
-        r = tl.arange(0, R_PAD)
-        r_mask = r < R
-        t = tl.zeros((R_PAD,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            k_mask = ks < K
-            xk = tl.load(x_ptr + row * stride_xm + ks, mask=k_mask, other=0.0).to(tl.float32)
-            ak = tl.load(a_ptr + expert * stride_ae + ks[:, None] * stride_ak + r[None, :] * stride_ar,
-                         mask=k_mask[:, None] & r_mask[None, :], other=0.0).to(tl.float32)
-            t += tl.sum(xk[:, None] * ak, axis=0)
-        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        c_mask = cols < N
-        bt = tl.load(b_ptr + expert * stride_be + r[:, None] * stride_br + cols[None, :] * stride_bn,
-                     mask=r_mask[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
-        delta = tl.sum(t[:, None] * bt, axis=0) * scaling
-        y = tl.load(y_ptr + row * stride_ym + cols, mask=c_mask, other=0.0).to(tl.float32)
-        tl.store(out_ptr + row * stride_om + cols, (y + delta).to(out_ptr.dtype.element_ty), mask=c_mask)
-
-
 def _block_layout(offs: torch.Tensor, rows: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Per row block of the expert-sorted rows: its expert (-1: unused) and first row. Device ops only (no sync):
     the grid is sized for the worst case, cdiv(rows, block_m) + E blocks."""
@@ -331,9 +299,9 @@ def _triton_ok(x: torch.Tensor) -> bool:
 # Tiles of the CUDA kernels (scripts/bench_memory.py's kernel phase sweeps them on the GPU): products of at most
 # GEMV_MAX_ROWS rows (decode) take the one-row kernel, larger ones the tensor-core kernel, with the small or large
 # tile (block_m, block_n, block_k, warps, split, swap: see the kernel) by rows per expert.
-GEMV_MAX_ROWS = 64
+GEMV_MAX_ROWS = 32
 GEMV_TILE = {"block_n": 16, "block_g": 8, "num_warps": 2}
-DOT_TILES = {"small": (16, 64, 128, 4, False, True), "large": (128, 128, 64, 8, False, True)}
+DOT_TILES = {"small": (16, 128, 64, 4, False, True), "large": (64, 128, 64, 4, False, True)}
 
 
 def row_experts(offs: torch.Tensor, rows: int) -> torch.Tensor:
@@ -449,75 +417,18 @@ def grouped_linear(x: torch.Tensor, weight: ExpertWeight, offs: torch.Tensor,
     if lora is None:
         return y
     for factors in (lora,) if isinstance(lora, LoraFactors) else lora:
-        y = lora_add(y, x, factors, offs, row_expert)
+        y = y + _lora_delta(x, factors.a, factors.b, offs, row_expert) * factors.scaling
     return y
 
 
-LORA_TILE = {"block_k": 256, "block_n": 128, "num_warps": 4}  # the fused decode kernel's (lora_rows)
-
-
-def lora_add(y: torch.Tensor, x: torch.Tensor, factors: LoraFactors, offs: torch.Tensor | None = None,
-             row_expert: torch.Tensor | None = None) -> torch.Tensor:
-    """y + scaling * (x @ a[e]) @ b[e] for each row of x [M, in], e its expert (offs or row_expert; neither: the
-    one expert of a plain linear layer, a [1, in, r], b [1, r, out]).
-
-    At decode sizes without autograd (the engine) one fused launch per adapter (`lora_rows`); otherwise two
-    products each (differentiable)."""
-    a, b = factors.a, factors.b
-    grad = torch.is_grad_enabled() and (x.requires_grad or a.requires_grad or b.requires_grad or y.requires_grad)
-    if row_expert is None and offs is not None and a.shape[0] > 1:
-        row_expert = row_experts(offs, x.shape[0]) if x.shape[0] <= GEMV_MAX_ROWS else None
-    if not grad and x.shape[0] <= GEMV_MAX_ROWS and (row_expert is not None or a.shape[0] == 1):
-        return lora_rows(y, x, a, b, float(factors.scaling), row_expert)
-    return y + _lora_delta(x, a, b, offs, row_expert) * factors.scaling
-
-
-def _gathered_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, expert: torch.Tensor,
-                    dtype: torch.dtype) -> torch.Tensor:
-    """(x[m] @ a[expert[m]]) @ b[expert[m]] per row, each row's factors gathered, two batched products in dtype."""
-    return torch.bmm(torch.bmm(x[:, None].to(dtype), a[expert].to(dtype)), b[expert].to(dtype))[:, 0]
-
-
-def _lora_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor | None,
+def _lora_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor,
                 row_expert: torch.Tensor | None = None) -> torch.Tensor:
-    """(x @ a[e]) @ b[e] per row. A few rows: each row's factors gathered and two batched products, cheaper than a
-    grouped GEMM's per-group setup over every expert; more rows: two grouped products (one expert: two matmuls)."""
-    if a.shape[0] == 1:
-        return (x @ a[0].to(x.dtype)) @ b[0].to(x.dtype)
+    """(x @ a[e]) @ b[e] per row. A few rows (decode): each row's factors gathered and two batched products,
+    cheaper than a grouped GEMM's per-group setup over every expert; more rows: two grouped products."""
     if x.shape[0] <= GEMV_MAX_ROWS:
         e = row_experts(offs, x.shape[0]) if row_expert is None else row_expert
-        return _gathered_delta(x, a, b, e, x.dtype)
+        return torch.bmm(torch.bmm(x[:, None], a[e].to(x.dtype)), b[e].to(x.dtype))[:, 0]
     return _dense_grouped(_dense_grouped(x, a.to(x.dtype), offs), b.to(x.dtype), offs)
-
-
-@torch.library.custom_op("ossgym::lora_rows", mutates_args=())
-def lora_rows(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float,
-              row_expert: torch.Tensor | None = None) -> torch.Tensor:
-    """y + scaling * (x[m] @ a[e]) @ b[e] per row m (e = row_expert[m], or 0), in fp32, cast to y's dtype; no
-    autograd (see lora_add). CUDA: one Triton launch; elsewhere the gathered products in torch."""
-    rows, k = x.shape
-    n, rank = b.shape[-1], b.shape[-2]
-    if not (triton is not None and x.is_cuda):
-        expert = row_expert.long() if row_expert is not None else torch.zeros(rows, dtype=torch.long, device=x.device)
-        return (y.float() + scaling * _gathered_delta(x, a, b, expert, torch.float32)).to(y.dtype)
-    out = torch.empty_like(y)
-    if rows == 0:
-        return out
-    x = x.contiguous()
-    tile = LORA_TILE
-    expert = row_expert if row_expert is not None else x  # any integer dtype; unread without HAS_EXPERT
-    _lora_rows_kernel[(rows, triton.cdiv(n, tile["block_n"]))](
-        x, a, b, y, out, expert, scaling, x.stride(0), y.stride(0), out.stride(0),
-        a.stride(0), a.stride(1), a.stride(2), b.stride(0), b.stride(1), b.stride(2),
-        K=k, N=n, R=rank, R_PAD=max(2, triton.next_power_of_2(rank)), BLOCK_K=tile["block_k"],
-        BLOCK_N=tile["block_n"], HAS_EXPERT=row_expert is not None, num_warps=tile["num_warps"],
-    )
-    return out
-
-
-@lora_rows.register_fake
-def _(y, x, a, b, scaling, row_expert=None):
-    return torch.empty_like(y)
 
 
 def clamped_swiglu(gate_up: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:
@@ -600,7 +511,6 @@ def expert_weight_bytes(weight: ExpertWeight) -> int:
 
 __all__ = [
     "BLOCK", "EXPERT_CHUNK_TOKENS", "ExpertWeight", "FP4_VALUES", "LoraFactors", "Mxfp4", "clamped_swiglu", "dequantize_mxfp4",
-    "expert_weight_bytes", "experts_forward", "grouped_linear", "lora_add", "lora_rows", "mxfp4_grouped_mm",
-    "quantize_experts",
+    "expert_weight_bytes", "experts_forward", "grouped_linear", "mxfp4_grouped_mm", "quantize_experts",
     "quantize_mxfp4",
 ]
