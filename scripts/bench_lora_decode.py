@@ -1,0 +1,197 @@
+"""Benchmark (GPU): ways to add LoRA to a projection at decode sizes, each timed in CUDA graphs (issue 16).
+
+MXFP4 rollouts without LoRA decode faster than bf16 (BENCHMARKS.md), and the LoRA (r8 on the attention
+projections through peft, split LoRA on both expert projections) takes that back: 2.2 ms of a batch-1 step, in
+many small launches. This script times the candidates for one projection of gpt-oss-20b's shapes, with random
+factors, against the base product alone, and checks each against the fp32 sum:
+
+attention (q_proj, 2,880 -> 4,096; rows = the batch):
+- ``peft``: peft's LoRA ``Linear`` forward (what the engine runs today);
+- ``bf16_products``: ``y + (x @ A.T) @ B.T * s`` with bf16 copies of the factors (the copies would be refreshed
+  once per rollout, not per token);
+- ``bf16_compiled``: the same under ``torch.compile`` (the scale and the add fused into one kernel);
+- ``t_then_fused_b``: ``t = x @ A.T`` by cuBLAS, then one Triton launch for ``y + s * t @ B.T``;
+
+experts (gate_up, 2,880 -> 5,760, 32 experts; rows = 4 x the batch, sorted by expert):
+- ``gathered_fp32``: each row's fp32 factors gathered, cast, two bmm (what weights.py runs today);
+- ``gathered_bf16``: the same from bf16 copies (no casts);
+- ``triton_two``: a Triton launch for ``t[m] = x[m] @ A[e]`` (one program per row) and one for the B product
+  and the add.
+
+    PYTHONUNBUFFERED=1 PYTHONPATH=$PWD python3 scripts/bench_lora_decode.py --out $OUT/lora.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_mxfp4 import graph_ms  # noqa: E402
+
+try:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _lora_t_kernel(x_ptr, a_ptr, t_ptr, row_expert_ptr, stride_xm, stride_ae, stride_ak, stride_ar,
+                       K: tl.constexpr, R: tl.constexpr, BLOCK_K: tl.constexpr, HAS_EXPERT: tl.constexpr):
+        """t[row, :R] = x[row] @ a[e] in fp32 (a [E, K, R] by strides), one program per row."""
+        row = tl.program_id(0)
+        expert = tl.load(row_expert_ptr + row).to(tl.int64) if HAS_EXPERT else 0
+        r = tl.arange(0, R)
+        acc = tl.zeros((BLOCK_K, R), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            k_mask = ks < K
+            xk = tl.load(x_ptr + row * stride_xm + ks, mask=k_mask, other=0.0).to(tl.float32)
+            ak = tl.load(a_ptr + expert * stride_ae + ks[:, None] * stride_ak + r[None, :] * stride_ar,
+                         mask=k_mask[:, None], other=0.0).to(tl.float32)
+            acc += xk[:, None] * ak
+        tl.store(t_ptr + row * R + r, tl.sum(acc, axis=0))
+
+    @triton.jit
+    def _lora_b_add_kernel(t_ptr, b_ptr, y_ptr, out_ptr, row_expert_ptr, scaling, stride_ym, stride_be,
+                           stride_br, stride_bn, N: tl.constexpr, R: tl.constexpr, BLOCK_N: tl.constexpr,
+                           HAS_EXPERT: tl.constexpr):
+        """out[row, cols] = y[row, cols] + scaling * t[row] @ b[e][:, cols] (b [E, R, N] by strides)."""
+        row = tl.program_id(0)
+        expert = tl.load(row_expert_ptr + row).to(tl.int64) if HAS_EXPERT else 0
+        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        c_mask = cols < N
+        r = tl.arange(0, R)
+        t = tl.load(t_ptr + row * R + r)
+        bt = tl.load(b_ptr + expert * stride_be + r[:, None] * stride_br + cols[None, :] * stride_bn,
+                     mask=c_mask[None, :], other=0.0).to(tl.float32)
+        y = tl.load(y_ptr + row * stride_ym + cols, mask=c_mask, other=0.0).to(tl.float32)
+        out = y + scaling * tl.sum(t[:, None] * bt, axis=0)
+        tl.store(out_ptr + row * stride_ym + cols, out.to(out_ptr.dtype.element_ty), mask=c_mask)
+except ImportError:  # CPU installs
+    triton = None
+
+
+def triton_two(y, x, a, b, scaling, row_expert=None, block_k=256, block_n=256):
+    """y + scaling * (x @ a[e]) @ b[e] per row in two Triton launches (a [E, K, R], b [E, R, N], by strides)."""
+    rows, k = x.shape
+    rank, n = b.shape[-2], b.shape[-1]
+    t = torch.empty(rows, rank, dtype=torch.float32, device=x.device)
+    out = torch.empty_like(y)
+    expert = row_expert if row_expert is not None else t
+    _lora_t_kernel[(rows,)](x, a, t, expert, x.stride(0), a.stride(0), a.stride(1), a.stride(2), K=k, R=rank,
+                            BLOCK_K=block_k, HAS_EXPERT=row_expert is not None, num_warps=4)
+    _lora_b_add_kernel[(rows, triton.cdiv(n, block_n))](
+        t, b, y, out, expert, scaling, y.stride(0), b.stride(0), b.stride(1), b.stride(2), N=n, R=rank,
+        BLOCK_N=block_n, HAS_EXPERT=row_expert is not None, num_warps=4)
+    return out
+
+
+def t_then_fused_b(y, x, a16t, b, scaling):
+    """t = x @ A.T by cuBLAS (bf16 factors), then the B product and the add in one Triton launch."""
+    t = (x @ a16t).float()
+    out = torch.empty_like(y)
+    rank, n = b.shape[-2], b.shape[-1]
+    _lora_b_add_kernel[(x.shape[0], triton.cdiv(n, 256))](
+        t, b, y, out, t, scaling, y.stride(0), b.stride(0), b.stride(1), b.stride(2), N=n, R=rank, BLOCK_N=256,
+        HAS_EXPERT=False, num_warps=4)
+    return out
+
+
+def bf16_products(y, x, a16t, b16t, scaling):
+    return y + (x @ a16t) @ b16t * scaling
+
+
+def check(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.float() - want).norm() / want.norm()).item()
+
+
+def attention_cases(dev, rows_list, hidden=2880, out=4096, rank=8) -> dict:
+    import peft
+    from torch import nn
+
+    torch.manual_seed(0)
+    block = nn.Module()
+    block.proj = nn.Linear(hidden, out, bias=True, device=dev, dtype=torch.bfloat16)
+    model = peft.get_peft_model(block, peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["proj"],
+                                                       init_lora_weights=False)).eval()
+    layer = model.base_model.model.proj
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight  # fp32 [r, in], [out, r]
+    s = float(layer.scaling["default"])
+    a16t, b16t = a.t().to(torch.bfloat16).contiguous(), b.t().to(torch.bfloat16).contiguous()
+    b3 = b.t()[None]  # [1, r, out] view
+    compiled = torch.compile(bf16_products)
+    res = {}
+    for rows in rows_list:
+        x = torch.randn(rows, hidden, device=dev, dtype=torch.bfloat16)
+        with torch.no_grad():
+            base = layer.base_layer(x)
+            want = base.float() + s * (x.float() @ a.t()) @ b.t()
+            cands = {"base only": lambda: layer.base_layer(x), "peft": lambda: layer(x),
+                     "bf16_products": lambda: bf16_products(layer.base_layer(x), x, a16t, b16t, s),
+                     "bf16_compiled": lambda: compiled(layer.base_layer(x), x, a16t, b16t, s)}
+            if triton is not None and x.is_cuda:
+                cands["t_then_fused_b"] = lambda: t_then_fused_b(layer.base_layer(x), x, a16t, b3, s)
+                cands["triton_two"] = lambda: triton_two(layer.base_layer(x), x, a.t()[None], b3, s)
+            case = {}
+            for name, fn in cands.items():
+                try:
+                    err = check(fn(), base.float() if name == "base only" else want)
+                    case[name] = {"rel_err": err, "ms": graph_ms(fn) if err < 1e-2 else None}
+                except Exception as exc:  # noqa: BLE001 - a candidate that fails is a result
+                    case[name] = {"error": repr(exc)[:300]}
+        res[rows] = case
+        print("attention", rows, {k: round(v["ms"], 4) if v.get("ms") else v for k, v in case.items()}, flush=True)
+    return res
+
+
+def expert_cases(dev, rows_list, hidden=2880, out=5760, experts=32, rank=8) -> dict:
+    from ossgym.agents.gptoss.weights import _lora_delta
+
+    torch.manual_seed(1)
+    a = torch.randn(experts, hidden, rank, device=dev) * 0.02
+    b = torch.randn(experts, rank, out, device=dev) * 0.02
+    a16, b16 = a.to(torch.bfloat16), b.to(torch.bfloat16)
+    res = {}
+    for rows in rows_list:
+        expert = torch.sort(torch.randint(0, experts, (rows,), device=dev)).values
+        offs = torch.cumsum(torch.bincount(expert, minlength=experts), 0).to(torch.int32)
+        x = torch.randn(rows, hidden, device=dev, dtype=torch.bfloat16)
+        y = torch.randn(rows, out, device=dev, dtype=torch.bfloat16)
+        want = y.float() + 2.0 * torch.bmm(torch.bmm(x.float()[:, None], a[expert]), b[expert])[:, 0]
+        cands = {"gathered_fp32": lambda: y + _lora_delta(x, a, b, offs, expert) * 2.0,
+                 "gathered_bf16": lambda: y + torch.bmm(torch.bmm(x[:, None], a16[expert]), b16[expert])[:, 0] * 2.0}
+        if triton is not None and x.is_cuda:
+            cands["triton_two"] = lambda: triton_two(y, x, a, b, 2.0, expert)
+        case = {}
+        with torch.no_grad():
+            for name, fn in cands.items():
+                try:
+                    err = check(fn(), want)
+                    case[name] = {"rel_err": err, "ms": graph_ms(fn) if err < 1e-2 else None}
+                except Exception as exc:  # noqa: BLE001
+                    case[name] = {"error": repr(exc)[:300]}
+        res[rows] = case
+        print("experts", rows, {k: round(v["ms"], 4) if v.get("ms") else v for k, v in case.items()}, flush=True)
+    return res
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    results = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
+               "attention": attention_cases(dev, (1, 8, 64)), "experts": expert_cases(dev, (4, 32, 256))}
+    out = args.out or (str(Path(os.environ["OUT"]) / "lora.json") if os.environ.get("OUT") else None)
+    if out:
+        Path(out).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
