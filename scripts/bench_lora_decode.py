@@ -16,7 +16,11 @@ experts (gate_up, 2,880 -> 5,760, 32 experts; rows = 4 x the batch, sorted by ex
 - ``gathered_fp32``: each row's fp32 factors gathered, cast, two bmm (what weights.py runs today);
 - ``gathered_bf16``: the same from bf16 copies (no casts);
 - ``triton_two``: a Triton launch for ``t[m] = x[m] @ A[e]`` (one program per row) and one for the B product
-  and the add.
+  and the add;
+- ``grouped_bf16``: two grouped products from bf16 copies (what weights.py runs above 32 rows, less its casts);
+
+one layer's four attention projections (``layer_cases``): peft's forward op for op, bf16 products per
+projection, and q/k/v's A factors as one product; the last two also compiled whole.
 
     PYTHONUNBUFFERED=1 PYTHONPATH=$PWD python3 scripts/bench_lora_decode.py --out $OUT/lora.json
 """
@@ -149,8 +153,67 @@ def attention_cases(dev, rows_list, hidden=2880, out=4096, rank=8) -> dict:
     return res
 
 
+def layer_cases(dev, rows_list, hidden=2880, heads=64, kv_heads=8, head_dim=64, rank=8) -> dict:
+    """One layer's four attention projections with LoRA (q, k, v share their input): peft's four forwards, bf16
+    products per projection, and q/k/v's A factors as one product (x @ [A_q; A_k; A_v].T, the bf16 copy
+    concatenated once per rollout) before the three B products; each also compiled whole."""
+    torch.manual_seed(2)
+    outs = {"q": heads * head_dim, "k": kv_heads * head_dim, "v": kv_heads * head_dim}
+    w = {n: torch.randn(o, hidden, device=dev, dtype=torch.bfloat16) * 0.02 for n, o in outs.items()}
+    w["o"] = torch.randn(hidden, heads * head_dim, device=dev, dtype=torch.bfloat16) * 0.02
+    bias = {n: torch.randn(t.shape[0], device=dev, dtype=torch.bfloat16) * 0.02 for n, t in w.items()}
+    a = {n: torch.randn(rank, t.shape[1], device=dev) * 0.02 for n, t in w.items()}
+    b = {n: torch.randn(t.shape[0], rank, device=dev) * 0.02 for n, t in w.items()}
+    a16t = {n: t.t().to(torch.bfloat16).contiguous() for n, t in a.items()}
+    b16t = {n: t.t().to(torch.bfloat16).contiguous() for n, t in b.items()}
+    a_qkv = torch.cat([a16t["q"], a16t["k"], a16t["v"]], 1)  # [hidden, 3r]
+    s = 2.0
+
+    def per_projection(x, o_in):
+        ys = [F.linear(x, w[n], bias[n]) + (x @ a16t[n]) @ b16t[n] * s for n in ("q", "k", "v")]
+        return ys + [F.linear(o_in, w["o"], bias["o"]) + (o_in @ a16t["o"]) @ b16t["o"] * s]
+
+    def shared_a(x, o_in):
+        t = (x @ a_qkv).split(rank, dim=1)
+        ys = [F.linear(x, w[n], bias[n]) + t[i] @ b16t[n] * s for i, n in enumerate(("q", "k", "v"))]
+        return ys + [F.linear(o_in, w["o"], bias["o"]) + (o_in @ a16t["o"]) @ b16t["o"] * s]
+
+    def fp32_sum(x, o_in):
+        ys = [F.linear(x.float(), w[n].float(), bias[n].float()) + (x.float() @ a[n].t()) @ b[n].t() * s
+              for n in ("q", "k", "v")]
+        o = o_in.float()
+        return ys + [F.linear(o, w["o"].float(), bias["o"].float()) + (o @ a["o"].t()) @ b["o"].t() * s]
+
+    def peft_like(x, o_in):  # peft's vanilla LoRA forward, op for op (cast to the factors' fp32, two products)
+        out = []
+        for n, inp in (("q", x), ("k", x), ("v", x), ("o", o_in)):
+            y = F.linear(inp, w[n], bias[n])
+            out.append((y + F.linear(F.linear(inp.float(), a[n]), b[n]) * s).to(y.dtype))
+        return out
+
+    res = {}
+    compiled = {name: torch.compile(fn) for name, fn in (("per_projection", per_projection), ("shared_a", shared_a))}
+    for rows in rows_list:
+        x = torch.randn(rows, hidden, device=dev, dtype=torch.bfloat16)
+        o_in = torch.randn(rows, heads * head_dim, device=dev, dtype=torch.bfloat16)
+        want = torch.cat([t.flatten() for t in fp32_sum(x, o_in)])
+        cands = {"peft_like": peft_like, "per_projection": per_projection, "shared_a": shared_a,
+                 **{f"{k} compiled": v for k, v in compiled.items()}}
+        case = {}
+        with torch.no_grad():
+            for name, fn in cands.items():
+                try:
+                    err = check(torch.cat([t.flatten() for t in fn(x, o_in)]), want)
+                    case[name] = {"rel_err": err, "ms": graph_ms(lambda: fn(x, o_in)) if err < 1e-2 else None}
+                except Exception as exc:  # noqa: BLE001
+                    case[name] = {"error": repr(exc)[:300]}
+        res[rows] = case
+        print("layer", rows, {k: round(v["ms"], 4) if v.get("ms") else v for k, v in case.items()}, flush=True)
+    return res
+
+
 def expert_cases(dev, rows_list, hidden=2880, out=5760, experts=32, rank=8) -> dict:
-    from ossgym.agents.gptoss.weights import _lora_delta
+    from ossgym.agents.gptoss.weights import _dense_grouped, _lora_delta
 
     torch.manual_seed(1)
     a = torch.randn(experts, hidden, rank, device=dev) * 0.02
@@ -164,7 +227,8 @@ def expert_cases(dev, rows_list, hidden=2880, out=5760, experts=32, rank=8) -> d
         y = torch.randn(rows, out, device=dev, dtype=torch.bfloat16)
         want = y.float() + 2.0 * torch.bmm(torch.bmm(x.float()[:, None], a[expert]), b[expert])[:, 0]
         cands = {"gathered_fp32": lambda: y + _lora_delta(x, a, b, offs, expert) * 2.0,
-                 "gathered_bf16": lambda: y + torch.bmm(torch.bmm(x[:, None], a16[expert]), b16[expert])[:, 0] * 2.0}
+                 "gathered_bf16": lambda: y + torch.bmm(torch.bmm(x[:, None], a16[expert]), b16[expert])[:, 0] * 2.0,
+                 "grouped_bf16": lambda: y + _dense_grouped(_dense_grouped(x, a16, offs), b16, offs) * 2.0}
         if triton is not None and x.is_cuda:
             cands["triton_two"] = lambda: triton_two(y, x, a, b, 2.0, expert)
         case = {}
@@ -186,7 +250,8 @@ def main() -> int:
     args = parser.parse_args()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     results = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
-               "attention": attention_cases(dev, (1, 8, 64)), "experts": expert_cases(dev, (4, 32, 256))}
+               "attention": attention_cases(dev, (1, 8, 64)), "layer": layer_cases(dev, (1, 8, 64)),
+               "experts": expert_cases(dev, (4, 32, 256))}
     out = args.out or (str(Path(os.environ["OUT"]) / "lora.json") if os.environ.get("OUT") else None)
     if out:
         Path(out).write_text(json.dumps(results, indent=1))
