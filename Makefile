@@ -48,7 +48,8 @@ test-lowest:
 	$(PYTHON) -m venv .venv-lowest
 	$(PYTHON) .ci/lower_bounds.py setup.cfg > .venv-lowest/lowest.txt
 	.venv-lowest/bin/python -m pip install -q -c .venv-lowest/lowest.txt -e ".[train,dev]"
-	.venv-lowest/bin/python -m pytest -q tests/test_package.py tests/test_game2048_env.py tests/test_agent.py
+	.venv-lowest/bin/python -m pytest -q tests/test_package.py tests/test_game2048_env.py tests/test_agent.py \
+		tests/test_rollout_is.py
 
 clean:
 	rm -rf $(VENV) .venv-lock .venv-lowest .pytest_cache .hypothesis
