@@ -229,6 +229,39 @@ def test_lora_on_the_experts_target_parameters_is_seen_by_the_engine():
         assert (engine.logits(batch) - engine_base).abs().max().item() <= TOL
 
 
+def test_captured_decode_graphs_are_dropped_when_modules_or_adapters_change():
+    """A CUDA graph replays the Python branch peft took at capture: after disabling the adapters (TRL's reference
+    pass) or replacing a module, the engine must capture again rather than replay the old step. (Capture needs
+    CUDA: a captured graph is stood in for; generate's own check is what runs.)"""
+    import copy
+    from types import SimpleNamespace
+
+    peft = pytest.importorskip("peft")
+    model = tiny_model(window=16, seed=4)
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"],
+                                                         init_lora_weights=False)).eval()
+    engine = FastGptOss(wrapped, max_batch_size=1, max_seq_len=40)
+
+    def captured() -> None:
+        engine._graphs[(1, 256)] = SimpleNamespace()
+        engine._captured_state = engine._module_state()
+
+    captured()
+    engine.generate(prompts([5], seed=1), max_new_tokens=2, seed=0)
+    assert engine._graphs  # nothing changed: the graphs stay
+    with wrapped.disable_adapter():
+        engine.generate(prompts([5], seed=1), max_new_tokens=2, seed=0)
+        assert not engine._graphs
+        captured()
+    engine.decode_logits(prompts([5], seed=1), [[3]])  # enabled again
+    assert not engine._graphs
+    captured()
+    attn = engine.base.layers[0].self_attn
+    attn.o_proj = copy.deepcopy(attn.o_proj)  # a replaced module (e.g. quantized after the capture)
+    engine.warmup(1)
+    assert set(engine._graphs) == set()  # on the CPU warmup captures nothing; the stale stand-in is gone
+
+
 @pytest.mark.parametrize("window", [None, 8])
 def test_flex_prefill_with_sink_correction_equals_exact_attention(window):
     torch.manual_seed(0)

@@ -88,7 +88,9 @@ class FastGptOss:
 
     The cache holds `max_batch_size` rows of `max_seq_len` columns (left-padded prompt + new tokens).
     `compile` (default: on CUDA) compiles the decode step's tensor functions and captures CUDA graphs.
-    Call `reset_graphs()` after adding or removing modules (e.g. new adapters); in-place weight updates are seen.
+    In-place weight updates are seen. Captured graphs are dropped by themselves when the model's modules or its
+    adapters' state (added, removed, enabled, merged, active) change between calls; `reset_graphs()` drops them
+    by hand.
     """
 
     def __init__(
@@ -123,6 +125,7 @@ class FastGptOss:
         self.use_flex = is_cuda and flex_attention is not None
         self._build_functions()
         self._graphs: dict[tuple[int, int], SimpleNamespace] = {}
+        self._captured_state: tuple | None = None  # _module_state() when the graphs in _graphs were captured
         self.min_span = MIN_SPAN
         self._pool = None
         log.info(
@@ -162,8 +165,20 @@ class FastGptOss:
         self._block_mask_fn = torch.compile(create_block_mask) if self.use_flex else None
 
     def reset_graphs(self) -> None:
-        """Drop captured CUDA graphs (needed after modules were added or replaced, not after in-place updates)."""
+        """Drop captured CUDA graphs (the next decode step captures again)."""
         self._graphs.clear()
+
+    def _module_state(self) -> tuple:
+        """What a captured decode step depends on besides tensor values: which modules the model holds, and each
+        peft layer's adapter state (disabled, merged, active adapters), which peft's forward branches on in
+        Python, so a replay would keep the branch taken at capture."""
+        return tuple((id(m), *_adapter_state(m)) for m in self.model.modules())
+
+    def _check_graphs(self) -> None:
+        """Drop the captured graphs if the modules or adapters changed since they were captured (once a call)."""
+        if self._graphs and self._module_state() != self._captured_state:
+            log.info("the model's modules or adapters changed since the decode graphs were captured: re-capturing")
+            self._graphs.clear()
 
     # --------------------------------------------------------------------------------------------- forward
     def _attention(self, i: int, x: torch.Tensor, cos, sin, pad, col, span, fns) -> torch.Tensor:
@@ -263,6 +278,8 @@ class FastGptOss:
         torch.cuda.current_stream().wait_stream(stream)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
+        if not self._graphs:
+            self._captured_state = self._module_state()
         static.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(static.graph, pool=self._pool):
             static.logits = self._decode_step(static.x, static.col, static.pad, span)
@@ -280,6 +297,7 @@ class FastGptOss:
         tokens = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         pad = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         spans = sorted({self._span(col) for col in range(self.max_seq_len)})
+        self._check_graphs()
         with _eval(self.model):
             # Writes one junk column per span; any column is rewritten by prefill or its own step before it is read.
             for span in spans:
@@ -342,6 +360,7 @@ class FastGptOss:
             raise ConfigError("continuation", "needs one list per prompt, all of one length", "pad continuations")
         ids, pad = self._batch(prompt_ids, steps.pop())
         cont = torch.tensor([list(c) for c in continuation], dtype=torch.long, device=self.device)
+        self._check_graphs()
         with _eval(self.model):
             out = [self._prefill_shared(ids, pad).float()]
             for j in range(cont.shape[1]):
@@ -371,6 +390,7 @@ class FastGptOss:
             raise ConfigError("temperature/top_p", f"got {temperature}/{top_p}", "use temperature >= 0, 0 < top_p <= 1")
         ids, pad = self._batch(prompt_ids, max_new_tokens)
         batch, length = ids.shape
+        self._check_graphs()
         generator = torch.Generator(device=self.device)
         if seed is None:
             generator.seed()
@@ -400,6 +420,13 @@ class FastGptOss:
             logprobs=[row[: min(end, generated)] for row, end in zip(logprob_rows, ends)],
             finish_reasons=["stop" if s else "length" for s in stopped],
         )
+
+
+def _adapter_state(module: nn.Module) -> tuple:
+    """(disabled, merged, active adapters) of a peft tuner layer (it wraps a ``base_layer``); () for other modules."""
+    if not hasattr(module, "base_layer") or not hasattr(module, "disable_adapters"):
+        return ()
+    return bool(module.disable_adapters), bool(module.merged), tuple(module.active_adapters)
 
 
 class _eval:
