@@ -30,6 +30,13 @@ def is_param_wrapper(module: "nn.Module") -> bool:
     return hasattr(module, "parameter_name") and hasattr(module, "base_layer") and hasattr(module, "lora_A")
 
 
+def adapter_state(module: "nn.Module") -> tuple:
+    """(disabled, merged, active adapters) of a peft tuner layer (it wraps a ``base_layer``); () for other modules."""
+    if not hasattr(module, "base_layer") or not hasattr(module, "disable_adapters"):
+        return ()
+    return bool(module.disable_adapters), bool(module.merged), tuple(module.active_adapters)
+
+
 def param_wrapper_factors(wrapper: "nn.Module") -> "list[LoraFactors]":
     """The active adapters of one ParamWrapper as split factors: for a 3-D parameter W [E, in, out], peft's
     delta[e] = scaling * A[e] @ B[e] with A[e] = lora_A.view(E, r, in)[e].T and B[e] = lora_B.view(out, r, E)[..., e].T.

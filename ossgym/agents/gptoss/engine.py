@@ -29,7 +29,7 @@ from ossgym.agents.gptoss.attention import (
 from ossgym.agents.gptoss.kv_cache import KVCache
 from ossgym.agents.gptoss.moe import moe_args, moe_tensors
 from ossgym.agents.gptoss.sampling import sample
-from ossgym.agents.peft_utils import base_model
+from ossgym.agents.peft_utils import adapter_state, base_model
 from ossgym.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ class FastGptOss:
         """What a captured decode step depends on besides tensor values: which modules the model holds, and each
         peft layer's adapter state (disabled, merged, active adapters), which peft's forward branches on in
         Python, so a replay would keep the branch taken at capture."""
-        return tuple((id(m), *_adapter_state(m)) for m in self.model.modules())
+        return tuple((id(m), *adapter_state(m)) for m in self.model.modules())
 
     def _check_graphs(self) -> None:
         """Drop the captured graphs if the modules or adapters changed since they were captured (once a call)."""
@@ -420,13 +420,6 @@ class FastGptOss:
             logprobs=[row[: min(end, generated)] for row, end in zip(logprob_rows, ends)],
             finish_reasons=["stop" if s else "length" for s in stopped],
         )
-
-
-def _adapter_state(module: nn.Module) -> tuple:
-    """(disabled, merged, active adapters) of a peft tuner layer (it wraps a ``base_layer``); () for other modules."""
-    if not hasattr(module, "base_layer") or not hasattr(module, "disable_adapters"):
-        return ()
-    return bool(module.disable_adapters), bool(module.merged), tuple(module.active_adapters)
 
 
 class _eval:
