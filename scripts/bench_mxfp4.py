@@ -11,8 +11,7 @@ Phases (``--phases``, run in the order given; each recorded in the JSON, a failu
   dense path). The fastest correct tiles and the row threshold become weights.py's tiles for the later phases;
   the table prints them (they are what weights.py ships).
 - ``speed``: rollout tok/s through the fast engine as shipped (compiled decode, CUDA graphs) at batch 1 / 8 / 64:
-  bf16 without LoRA (the issue's baseline), MXFP4 without LoRA, MXFP4 + LoRA r8 on attention and experts (split),
-  and the previous kernel with that LoRA.
+  bf16 without LoRA (the issue's baseline), MXFP4 without LoRA, MXFP4 + LoRA r8 on attention and experts (split).
 - ``nf4``: gpt-oss-20b MXFP4 + LoRA without and with the attention projections and the LM head in bitsandbytes NF4
   (same run): the group-8 GRPO step's peak (rollout, training) and a 1K + 16K long step's.
 - ``engine_rows``: batch-1 decode through an engine sized for 1 row against one sized for 64.

@@ -296,7 +296,7 @@ def _triton_ok(x: torch.Tensor) -> bool:
     return triton is not None and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
 
 
-# Tiles of the CUDA kernels (scripts/bench_memory.py's kernel phase sweeps them on the GPU): products of at most
+# Tiles of the CUDA kernels (scripts/bench_mxfp4.py's kernel phase sweeps them on the GPU): products of at most
 # GEMV_MAX_ROWS rows (decode) take the one-row kernel, larger ones the tensor-core kernel, with the small or large
 # tile (block_m, block_n, block_k, warps, split, swap: see the kernel) by rows per expert.
 GEMV_MAX_ROWS = 32
