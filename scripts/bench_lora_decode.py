@@ -1,26 +1,26 @@
 """Benchmark (GPU): ways to add LoRA to a projection at decode sizes, each timed in CUDA graphs (issue 16).
 
-MXFP4 rollouts without LoRA decode faster than bf16 (BENCHMARKS.md), and the LoRA (r8 on the attention
-projections through peft, split LoRA on both expert projections) takes that back: 2.2 ms of a batch-1 step, in
-many small launches. This script times the candidates for one projection of gpt-oss-20b's shapes, with random
-factors, against the base product alone, and checks each against the fp32 sum:
+The LoRA of a rollout (r8 on the attention projections through peft, split LoRA on both expert projections) cost
+2.2 ms of a batch-1 MXFP4 step in many small launches; lora_rows.py (two Triton launches for up to three adapters
+sharing an input) was chosen from these candidates. Each is timed for gpt-oss-20b's shapes with random factors,
+against the base product alone, and checked against the fp32 sum:
 
 attention (q_proj, 2,880 -> 4,096; rows = the batch):
-- ``peft``: peft's LoRA ``Linear`` forward (what the engine runs today);
+- ``peft``: peft's LoRA ``Linear`` forward (what the engine ran before lora_rows);
 - ``bf16_products``: ``y + (x @ A.T) @ B.T * s`` with bf16 copies of the factors (the copies would be refreshed
   once per rollout, not per token);
 - ``bf16_compiled``: the same under ``torch.compile`` (the scale and the add fused into one kernel);
-- ``t_then_fused_b``: ``t = x @ A.T`` by cuBLAS, then one Triton launch for ``y + s * t @ B.T``;
+- ``lora_rows``: the shipped op, on peft's fp32 factors as they are held;
 
 experts (gate_up, 2,880 -> 5,760, 32 experts; rows = 4 x the batch, sorted by expert):
-- ``gathered_fp32``: each row's fp32 factors gathered, cast, two bmm (what weights.py runs today);
+- ``gathered_fp32``: each row's fp32 factors gathered, cast, two bmm (weights.py's products at <= 32 rows);
 - ``gathered_bf16``: the same from bf16 copies (no casts);
-- ``triton_two``: a Triton launch for ``t[m] = x[m] @ A[e]`` (one program per row) and one for the B product
-  and the add;
-- ``grouped_bf16``: two grouped products from bf16 copies (what weights.py runs above 32 rows, less its casts);
+- ``grouped_bf16``: two grouped products from bf16 copies (weights.py's products above 32 rows, less its casts);
+- ``lora_rows``: the shipped op;
 
 one layer's four attention projections (``layer_cases``): peft's forward op for op, bf16 products per
-projection, and q/k/v's A factors as one product; the last two also compiled whole.
+projection, q/k/v's A factors as one product (the last two also compiled whole), and ``lora_rows`` with q, k and v
+in one pair of launches and o in another (what the engine's ``project`` runs).
 
     PYTHONUNBUFFERED=1 PYTHONPATH=$PWD python3 scripts/bench_lora_decode.py --out $OUT/lora.json
 """
@@ -39,71 +39,14 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_mxfp4 import graph_ms  # noqa: E402
 
-try:
-    import triton
-    import triton.language as tl
+from ossgym.agents.gptoss import lora_rows  # noqa: E402
 
-    @triton.jit
-    def _lora_t_kernel(x_ptr, a_ptr, t_ptr, row_expert_ptr, stride_xm, stride_ae, stride_ak, stride_ar,
-                       K: tl.constexpr, R: tl.constexpr, BLOCK_K: tl.constexpr, HAS_EXPERT: tl.constexpr):
-        """t[row, :R] = x[row] @ a[e] in fp32 (a [E, K, R] by strides), one program per row."""
-        row = tl.program_id(0)
-        expert = tl.load(row_expert_ptr + row).to(tl.int64) if HAS_EXPERT else 0
-        r = tl.arange(0, R)
-        acc = tl.zeros((BLOCK_K, R), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            k_mask = ks < K
-            xk = tl.load(x_ptr + row * stride_xm + ks, mask=k_mask, other=0.0).to(tl.float32)
-            ak = tl.load(a_ptr + expert * stride_ae + ks[:, None] * stride_ak + r[None, :] * stride_ar,
-                         mask=k_mask[:, None], other=0.0).to(tl.float32)
-            acc += xk[:, None] * ak
-        tl.store(t_ptr + row * R + r, tl.sum(acc, axis=0))
-
-    @triton.jit
-    def _lora_b_add_kernel(t_ptr, b_ptr, y_ptr, out_ptr, row_expert_ptr, scaling, stride_ym, stride_be,
-                           stride_br, stride_bn, N: tl.constexpr, R: tl.constexpr, BLOCK_N: tl.constexpr,
-                           HAS_EXPERT: tl.constexpr):
-        """out[row, cols] = y[row, cols] + scaling * t[row] @ b[e][:, cols] (b [E, R, N] by strides)."""
-        row = tl.program_id(0)
-        expert = tl.load(row_expert_ptr + row).to(tl.int64) if HAS_EXPERT else 0
-        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        c_mask = cols < N
-        r = tl.arange(0, R)
-        t = tl.load(t_ptr + row * R + r)
-        bt = tl.load(b_ptr + expert * stride_be + r[:, None] * stride_br + cols[None, :] * stride_bn,
-                     mask=c_mask[None, :], other=0.0).to(tl.float32)
-        y = tl.load(y_ptr + row * stride_ym + cols, mask=c_mask, other=0.0).to(tl.float32)
-        out = y + scaling * tl.sum(t[:, None] * bt, axis=0)
-        tl.store(out_ptr + row * stride_ym + cols, out.to(out_ptr.dtype.element_ty), mask=c_mask)
-except ImportError:  # CPU installs
-    triton = None
+triton = lora_rows.triton
 
 
-def triton_two(y, x, a, b, scaling, row_expert=None, block_k=256, block_n=256):
-    """y + scaling * (x @ a[e]) @ b[e] per row in two Triton launches (a [E, K, R], b [E, R, N], by strides)."""
-    rows, k = x.shape
-    rank, n = b.shape[-2], b.shape[-1]
-    t = torch.empty(rows, rank, dtype=torch.float32, device=x.device)
-    out = torch.empty_like(y)
-    expert = row_expert if row_expert is not None else t
-    _lora_t_kernel[(rows,)](x, a, t, expert, x.stride(0), a.stride(0), a.stride(1), a.stride(2), K=k, R=rank,
-                            BLOCK_K=block_k, HAS_EXPERT=row_expert is not None, num_warps=4)
-    _lora_b_add_kernel[(rows, triton.cdiv(n, block_n))](
-        t, b, y, out, expert, scaling, y.stride(0), b.stride(0), b.stride(1), b.stride(2), N=n, R=rank,
-        BLOCK_N=block_n, HAS_EXPERT=row_expert is not None, num_warps=4)
-    return out
-
-
-def t_then_fused_b(y, x, a16t, b, scaling):
-    """t = x @ A.T by cuBLAS (bf16 factors), then the B product and the add in one Triton launch."""
-    t = (x @ a16t).float()
-    out = torch.empty_like(y)
-    rank, n = b.shape[-2], b.shape[-1]
-    _lora_b_add_kernel[(x.shape[0], triton.cdiv(n, 256))](
-        t, b, y, out, t, scaling, y.stride(0), b.stride(0), b.stride(1), b.stride(2), N=n, R=rank, BLOCK_N=256,
-        HAS_EXPERT=False, num_warps=4)
-    return out
+def shipped(y, x, a, b, scaling, row_expert=None):
+    """lora_rows.lora_rows (what the engine runs at decode sizes): two Triton launches."""
+    return lora_rows.lora_rows(x, [y], [a], [b], [scaling], row_expert)[0]
 
 
 def bf16_products(y, x, a16t, b16t, scaling):
@@ -139,8 +82,7 @@ def attention_cases(dev, rows_list, hidden=2880, out=4096, rank=8) -> dict:
                      "bf16_products": lambda: bf16_products(layer.base_layer(x), x, a16t, b16t, s),
                      "bf16_compiled": lambda: compiled(layer.base_layer(x), x, a16t, b16t, s)}
             if triton is not None and x.is_cuda:
-                cands["t_then_fused_b"] = lambda: t_then_fused_b(layer.base_layer(x), x, a16t, b3, s)
-                cands["triton_two"] = lambda: triton_two(layer.base_layer(x), x, a.t()[None], b3, s)
+                cands["lora_rows"] = lambda: shipped(layer.base_layer(x), x, a.t()[None], b3, s)
             case = {}
             for name, fn in cands.items():
                 try:
@@ -178,6 +120,13 @@ def layer_cases(dev, rows_list, hidden=2880, heads=64, kv_heads=8, head_dim=64, 
         ys = [F.linear(x, w[n], bias[n]) + t[i] @ b16t[n] * s for i, n in enumerate(("q", "k", "v"))]
         return ys + [F.linear(o_in, w["o"], bias["o"]) + (o_in @ a16t["o"]) @ b16t["o"] * s]
 
+    def rows_qkv(x, o_in):  # lora_rows: q, k, v's adapters in one pair of launches, o's in another
+        ys = lora_rows.lora_rows(x, [F.linear(x, w[n], bias[n]) for n in ("q", "k", "v")],
+                                 [a[n].t()[None] for n in ("q", "k", "v")], [b[n].t()[None] for n in ("q", "k", "v")],
+                                 [s, s, s])
+        return ys + lora_rows.lora_rows(o_in, [F.linear(o_in, w["o"], bias["o"])], [a["o"].t()[None]],
+                                        [b["o"].t()[None]], [s])
+
     def fp32_sum(x, o_in):
         ys = [F.linear(x.float(), w[n].float(), bias[n].float()) + (x.float() @ a[n].t()) @ b[n].t() * s
               for n in ("q", "k", "v")]
@@ -199,6 +148,8 @@ def layer_cases(dev, rows_list, hidden=2880, heads=64, kv_heads=8, head_dim=64, 
         want = torch.cat([t.flatten() for t in fp32_sum(x, o_in)])
         cands = {"peft_like": peft_like, "per_projection": per_projection, "shared_a": shared_a,
                  **{f"{k} compiled": v for k, v in compiled.items()}}
+        if triton is not None and x.is_cuda:
+            cands["lora_rows"] = rows_qkv
         case = {}
         with torch.no_grad():
             for name, fn in cands.items():
@@ -230,7 +181,7 @@ def expert_cases(dev, rows_list, hidden=2880, out=5760, experts=32, rank=8) -> d
                  "gathered_bf16": lambda: y + torch.bmm(torch.bmm(x[:, None], a16[expert]), b16[expert])[:, 0] * 2.0,
                  "grouped_bf16": lambda: y + _dense_grouped(_dense_grouped(x, a16, offs), b16, offs) * 2.0}
         if triton is not None and x.is_cuda:
-            cands["triton_two"] = lambda: triton_two(y, x, a, b, 2.0, expert)
+            cands["lora_rows"] = lambda: shipped(y, x, a, b, 2.0, expert)
         case = {}
         with torch.no_grad():
             for name, fn in cands.items():

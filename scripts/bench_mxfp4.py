@@ -11,7 +11,8 @@ Phases (``--phases``, run in the order given; each recorded in the JSON, a failu
   dense path). The fastest correct tiles and the row threshold become weights.py's tiles for the later phases;
   the table prints them (they are what weights.py ships).
 - ``speed``: rollout tok/s through the fast engine as shipped (compiled decode, CUDA graphs) at batch 1 / 8 / 64:
-  bf16 without LoRA (the issue's baseline), MXFP4 without LoRA, MXFP4 + LoRA r8 on attention and experts (split).
+  bf16 without LoRA (the issue's baseline), MXFP4 without LoRA, MXFP4 + LoRA r8 on attention and experts (split)
+  through lora_rows as shipped, and the same LoRA as products (peft's forward, gathered products: the baseline).
 - ``nf4``: gpt-oss-20b MXFP4 + LoRA without and with the attention projections and the LM head in bitsandbytes NF4
   (same run): the group-8 GRPO step's peak (rollout, training) and a 1K + 16K long step's.
 - ``engine_rows``: batch-1 decode through an engine sized for 1 row against one sized for 64.
@@ -222,7 +223,9 @@ def decode_speed(model, batches, new_tokens, prompt_len, label, engine_rows: int
 
 
 def speed_phase(path: Path, config, batches, new_tokens, prompt_len) -> dict:
-    """MXFP4 alone, MXFP4 + LoRA on attention and experts, bf16 alone (the goal)."""
+    """MXFP4 alone, MXFP4 + LoRA on attention and experts (through lora_rows, and as products: the baseline),
+    bf16 alone (the goal)."""
+    from ossgym.agents.gptoss import lora_rows
     from ossgym.agents.gptoss.mxfp4 import load_gptoss
     from ossgym.agents.gptoss.presets import random_model
 
@@ -232,6 +235,13 @@ def speed_phase(path: Path, config, batches, new_tokens, prompt_len) -> dict:
     res["mxfp4"] = decode_speed(model, batches, new_tokens, prompt_len, "mxfp4 no LoRA")
     peft_model, _ = split_lora(model)
     res["mxfp4_lora"] = decode_speed(peft_model, batches, new_tokens, prompt_len, "mxfp4 + LoRA")
+    rows_max = lora_rows.LORA_ROWS_MAX
+    lora_rows.LORA_ROWS_MAX = -1  # the baseline: the LoRA as products (peft's forward, the gathered products)
+    try:
+        res["mxfp4_lora_products"] = decode_speed(peft_model, batches, new_tokens, prompt_len,
+                                                  "mxfp4 + LoRA as products")
+    finally:
+        lora_rows.LORA_ROWS_MAX = rows_max
     del peft_model, model
     free()
     bf16 = random_model(config, DEV)
@@ -280,11 +290,12 @@ def profile_phase(path: Path, batches, prompt_len: int) -> dict:
         tokens = torch.zeros(batch, dtype=torch.long, device=DEV)
         pad = torch.zeros(batch, dtype=torch.long, device=DEV)
         engine.use_graphs = False
-        res["eager_launch_ms_per_step"] = bench_ms(lambda: engine._decode(tokens, prompt_len + 10, pad), reps=5)
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(3):
-                engine._decode(tokens, prompt_len + 10, pad)
-            sync()
+        with torch.no_grad():  # as generate runs the step (autograd on, the LoRA would take its products)
+            res["eager_launch_ms_per_step"] = bench_ms(lambda: engine._decode(tokens, prompt_len + 10, pad), reps=5)
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(3):
+                    engine._decode(tokens, prompt_len + 10, pad)
+                sync()
         res["kernels"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70)
         log("profile", {k: v for k, v in res.items() if k != "kernels"})
         print(res["kernels"][-6000:])

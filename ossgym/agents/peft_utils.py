@@ -55,8 +55,34 @@ def param_wrapper_factors(wrapper: "nn.Module") -> "list[LoraFactors]":
         rank = weight_a.shape[0] // num_experts
         a = weight_a.view(num_experts, rank, weight_a.shape[-1]).transpose(1, 2)  # [E, in, r]
         b = weight_b.view(weight_b.shape[0], rank, num_experts).permute(2, 1, 0)  # [E, r, out]
-        out.append(LoraFactors(a.contiguous(), b.contiguous(), float(wrapper.scaling[adapter])))
+        out.append(LoraFactors(a, b, float(wrapper.scaling[adapter])))  # views: read, not copied, per step
     return out
+
+
+def linear_lora_factors(module: "nn.Module") -> "tuple[nn.Module, list[LoraFactors]] | None":
+    """(the base layer, the active adapters as single-expert factors a [1, in, r], b [1, r, out]: views, no copy)
+    for a peft LoRA ``Linear`` whose forward is exactly base(x) + scaling * B(A(x)) per active adapter: plain LoRA
+    (no DoRA or other variant, no LoRA bias), unmerged, adapters enabled, dropout not in effect. None for anything
+    else (the caller runs the module itself)."""
+    from torch import nn
+
+    from ossgym.agents.gptoss.weights import LoraFactors
+
+    if is_param_wrapper(module) or not all(hasattr(module, n) for n in ("lora_A", "lora_B", "base_layer", "scaling")):
+        return None
+    if module.disable_adapters or module.merged:
+        return None
+    out = []
+    for adapter in module.active_adapters:
+        if adapter not in module.lora_A:
+            continue
+        lora_a, lora_b, dropout = module.lora_A[adapter], module.lora_B[adapter], module.lora_dropout[adapter]
+        if adapter in getattr(module, "lora_variant", {}) or not (type(lora_a) is nn.Linear and type(lora_b) is nn.Linear):
+            return None
+        if lora_b.bias is not None or (dropout.training and getattr(dropout, "p", 0.0) > 0):
+            return None
+        out.append(LoraFactors(lora_a.weight.t()[None], lora_b.weight.t()[None], float(module.scaling[adapter])))
+    return module.base_layer, out
 
 
 def unwrap_param_wrappers(module: "nn.Module") -> "tuple[nn.Module, dict[str, tuple[LoraFactors, ...]]]":

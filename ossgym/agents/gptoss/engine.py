@@ -2,7 +2,8 @@
 
 gpt-fast style: a static KV cache (kv_cache.py), attention with sinks (attention.py), grouped-matmul MoE (moe.py),
 on-device sampling (sampling.py). Projections, embeddings and the LM head are called as the HF modules, so peft
-LoRA adapters on them act without a merge, and NF4 layers (nf4.py) run bitsandbytes' own product. On CUDA the
+LoRA adapters on them act without a merge (plain LoRA at decode sizes through lora_rows.py's launches: `project`),
+and NF4 layers (nf4.py) run bitsandbytes' own product. On CUDA the
 decode step's tensor functions are compiled and the whole step is captured in a CUDA graph per batch size; prefill
 runs compiled flex attention.
 """
@@ -26,10 +27,11 @@ from ossgym.agents.gptoss.attention import (
     flex_prefill,
     prefill_mask,
 )
+from ossgym.agents.gptoss import lora_rows
 from ossgym.agents.gptoss.kv_cache import KVCache
 from ossgym.agents.gptoss.moe import moe_args, moe_tensors
 from ossgym.agents.gptoss.sampling import sample
-from ossgym.agents.peft_utils import adapter_state, base_model
+from ossgym.agents.peft_utils import adapter_state, base_model, linear_lora_factors
 from ossgym.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,36 @@ def decode_attention(
     """One query column per row against the cache (read once); kv_cols: the column each cache slot holds."""
     mask = allowed(col.view(1, 1, 1, 1), kv_cols.view(1, 1, 1, -1), pad.view(-1, 1, 1, 1), window)
     return attend(q, k_cache, v_cache, mask, sinks, scale)
+
+
+def project(modules: Sequence[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+    """[module(x) for module in modules]: projections that read the same input (q, k and v; or o alone).
+
+    Where every one that carries LoRA is a plain peft LoRA ``Linear`` and lora_rows may run (decode sizes, no
+    autograd), each module's base product runs as itself and the adapters are added by lora_rows' two launches
+    for up to three of them together, instead of peft's cast, two products, scale and add per module: the same
+    sum, in fp32 as peft computes it. Anything else runs the modules' own forwards."""
+    found = [linear_lora_factors(m) for m in modules]
+    flat = x.reshape(-1, x.shape[-1])
+    factors = [t for f in found if f is not None for lora in f[1] for t in (lora.a, lora.b)]
+    if not factors or not lora_rows.usable(flat, *factors) or any(
+            f is None and adapter_state(m) for f, m in zip(found, modules)):  # a peft layer of another form
+        return [m(x) for m in modules]
+    outs = [m(x) if f is None else f[0](x) for m, f in zip(modules, found)]
+    ys = [y.reshape(-1, y.shape[-1]) for y in outs]
+    groups: dict[tuple, list] = {}  # adapters that can share a launch: the same rank, strides and dtypes
+    for i, f in enumerate(found):
+        for depth, lora in enumerate(f[1] if f is not None else ()):
+            key = (depth, lora.a.shape[-1], lora.a.stride(), lora.b.stride(), lora.a.dtype, ys[i].dtype)
+            groups.setdefault(key, []).append((i, lora))
+    for members in groups.values():
+        for start in range(0, len(members), lora_rows.MAX_SLOTS):
+            chunk = members[start:start + lora_rows.MAX_SLOTS]
+            new = lora_rows.lora_rows(flat, [ys[i] for i, _ in chunk], [f.a for _, f in chunk],
+                                      [f.b for _, f in chunk], [float(f.scaling) for _, f in chunk])
+            for (i, _), y in zip(chunk, new):
+                ys[i] = y
+    return [y.view(out.shape) for y, out in zip(ys, outs)]
 
 
 def embedding_device(embed: nn.Module) -> torch.device:
@@ -185,9 +217,7 @@ class FastGptOss:
         attn = self.base.layers[i].self_attn
         batch, length, _ = x.shape
         shape = (batch, length, -1, self.head_dim)
-        q = attn.q_proj(x).view(shape).transpose(1, 2)
-        k = attn.k_proj(x).view(shape).transpose(1, 2)
-        v = attn.v_proj(x).view(shape).transpose(1, 2)
+        q, k, v = (y.view(shape).transpose(1, 2) for y in project((attn.q_proj, attn.k_proj, attn.v_proj), x))
         q, k = fns.rope(q, cos, sin), fns.rope(k, cos, sin)
         window = self.window if self.cache.is_sliding(i) else None
         if col is not None:  # decode: one column
@@ -203,7 +233,7 @@ class FastGptOss:
                 )
             else:
                 out = attend(q, k, v, prefill_mask(pad, length, window), attn.sinks, attn.scaling)
-        return attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+        return project((attn.o_proj,), out.transpose(1, 2).reshape(batch, length, -1))[0]
 
     def _moe(self, i: int, x: torch.Tensor, fns) -> torch.Tensor:
         mlp = self.base.layers[i].mlp

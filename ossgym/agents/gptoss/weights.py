@@ -15,7 +15,8 @@ dequantizes one routed expert at a time. Input gradients flow through frozen MXF
 its own backward, the transposed product), so LoRA trains on top of them, with activation checkpointing too.
 
 Split expert LoRA (``LoraFactors``): each routed token-expert pair gets ``scaling * (x @ A[e]) @ B[e]`` through
-two grouped products of rank r; the dense delta ``A[e] @ B[e]`` is never formed.
+two grouped products of rank r (at decode sizes without autograd, lora_rows.py's two launches); the dense delta
+``A[e] @ B[e]`` is never formed.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ossgym.agents.gptoss import lora_rows
 from ossgym.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -417,7 +419,11 @@ def grouped_linear(x: torch.Tensor, weight: ExpertWeight, offs: torch.Tensor,
     if lora is None:
         return y
     for factors in (lora,) if isinstance(lora, LoraFactors) else lora:
-        y = y + _lora_delta(x, factors.a, factors.b, offs, row_expert) * factors.scaling
+        if lora_rows.usable(x, y, factors.a, factors.b):  # decode without autograd: two launches
+            e = row_experts(offs, x.shape[0]) if row_expert is None else row_expert
+            y = lora_rows.lora_rows(x, [y], [factors.a], [factors.b], [float(factors.scaling)], e)[0]
+        else:
+            y = y + _lora_delta(x, factors.a, factors.b, offs, row_expert) * factors.scaling
     return y
 
 
@@ -428,7 +434,8 @@ def _lora_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, offs: torch.T
     if x.shape[0] <= GEMV_MAX_ROWS:
         e = row_experts(offs, x.shape[0]) if row_expert is None else row_expert
         return torch.bmm(torch.bmm(x[:, None], a[e].to(x.dtype)), b[e].to(x.dtype))[:, 0]
-    return _dense_grouped(_dense_grouped(x, a.to(x.dtype), offs), b.to(x.dtype), offs)
+    a, b = a.to(x.dtype).contiguous(), b.to(x.dtype).contiguous()  # peft's factors are views (peft_utils)
+    return _dense_grouped(_dense_grouped(x, a, offs), b, offs)
 
 
 def clamped_swiglu(gate_up: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:
