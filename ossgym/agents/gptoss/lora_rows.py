@@ -5,9 +5,9 @@ scale and an add per projection, and the split expert LoRA (weights.py) two gath
 expert product. Here it is two Triton launches for up to three adapters that share their input (q, k and v read
 the same hidden states):
 
-1. ``t[s, m] = x[m] @ A_s[e_m]`` in fp32, one program per row and adapter;
-2. ``out_s[m, cols] = y_s[m, cols] + scaling_s * t[s, m] @ B_s[e_m][:, cols]``, one program per row and block of
-   columns across all the adapters' outputs.
+1. ``t[s, m] = x[m] @ A_s[e_m]`` in fp32, one program per row, adapter and block of inputs (partial sums);
+2. ``out_s[m, cols] = y_s[m, cols] + scaling_s * t[s, m] @ B_s[e_m][:, cols]`` (the partial sums added first),
+   one program per row and block of columns across all the adapters' outputs.
 
 The factors are read as they are held (peft's fp32 ``lora_A.weight.T``, the expert LoRA's ``[E, in, r]``), by
 strides: no copies to refresh when the optimizer steps. The sum is computed in fp32 and cast to y's dtype, as
@@ -37,12 +37,16 @@ _ELEMENTS = 2048  # per program and loop step: BLOCK_K x R_PAD (first launch), R
 if triton is not None:
 
     @triton.jit
-    def _lora_t_kernel(x_ptr, a0_ptr, a1_ptr, a2_ptr, t_ptr, row_expert_ptr, rows, stride_xm, stride_ae,
+    def _lora_t_kernel(x_ptr, a0_ptr, a1_ptr, a2_ptr, t_ptr, row_expert_ptr, rows, slots, stride_xm, stride_ae,
                        stride_ak, stride_ar, K: tl.constexpr, R: tl.constexpr, R_PAD: tl.constexpr,
                        BLOCK_K: tl.constexpr, HAS_EXPERT: tl.constexpr):
-        """t[slot, row, :R] = x[row] @ a_slot[e] in fp32 (a [E, K, R] by strides); grid (rows, slots)."""
+        """t[split, slot, row, :R] = x[row, ks] @ a_slot[e][ks] in fp32 over the split's BLOCK_K inputs ks (a
+        [E, K, R] by strides); grid (rows, slots, splits). Split over K, every program makes one load of x and of
+        A: the factors are cold at decode (the weights stream through the cache between layers), so a serial loop
+        over K would pay the memory latency once per step of the loop."""
         row = tl.program_id(0)
         slot = tl.program_id(1)
+        split = tl.program_id(2)
         a_ptr = a0_ptr
         if slot == 1:
             a_ptr = a1_ptr
@@ -50,24 +54,21 @@ if triton is not None:
             a_ptr = a2_ptr
         expert = tl.load(row_expert_ptr + row).to(tl.int64) if HAS_EXPERT else 0
         r = tl.arange(0, R_PAD)
-        r_mask = r < R
-        acc = tl.zeros((BLOCK_K, R_PAD), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            k_mask = ks < K
-            xk = tl.load(x_ptr + row * stride_xm + ks, mask=k_mask, other=0.0).to(tl.float32)
-            ak = tl.load(a_ptr + expert * stride_ae + ks[:, None] * stride_ak + r[None, :] * stride_ar,
-                         mask=k_mask[:, None] & r_mask[None, :], other=0.0).to(tl.float32)
-            acc += xk[:, None] * ak
-        tl.store(t_ptr + (slot * rows + row) * R_PAD + r, tl.sum(acc, axis=0))
+        ks = split * BLOCK_K + tl.arange(0, BLOCK_K)
+        k_mask = ks < K
+        xk = tl.load(x_ptr + row * stride_xm + ks, mask=k_mask, other=0.0).to(tl.float32)
+        ak = tl.load(a_ptr + expert * stride_ae + ks[:, None] * stride_ak + r[None, :] * stride_ar,
+                     mask=k_mask[:, None] & (r < R)[None, :], other=0.0).to(tl.float32)
+        tl.store(t_ptr + ((split * slots + slot) * rows + row) * R_PAD + r, tl.sum(xk[:, None] * ak, axis=0))
 
     @triton.jit
     def _lora_b_kernel(t_ptr, b0_ptr, b1_ptr, b2_ptr, y0_ptr, y1_ptr, y2_ptr, o0_ptr, o1_ptr, o2_ptr,
-                       row_expert_ptr, s0, s1, s2, n0, n1, n2, rows, stride_be, stride_br, stride_bn,
-                       R: tl.constexpr, R_PAD: tl.constexpr, BLOCK_N: tl.constexpr, NB0: tl.constexpr,
-                       NB1: tl.constexpr, HAS_EXPERT: tl.constexpr):
-        """out_slot[row, cols] = y_slot[row, cols] + s_slot * t[slot, row] @ b_slot[e][:, cols] (y, out contiguous
-        [rows, n_slot]; b [E, R, n] by strides); grid (rows, column blocks of all slots: NB0, NB1, then slot 2's)."""
+                       row_expert_ptr, s0, s1, s2, n0, n1, n2, rows, slots, stride_be, stride_br, stride_bn,
+                       R: tl.constexpr, R_PAD: tl.constexpr, SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+                       BLOCK_N: tl.constexpr, NB0: tl.constexpr, NB1: tl.constexpr, HAS_EXPERT: tl.constexpr):
+        """out_slot[row, cols] = y_slot[row, cols] + s_slot * (the sum of t's splits)[slot, row] @ b_slot[e][:, cols]
+        (y, out contiguous [rows, n_slot]; b [E, R, n] by strides); grid (rows, column blocks of all slots: NB0,
+        NB1, then slot 2's)."""
         row = tl.program_id(0)
         block = tl.program_id(1)
         slot = 0
@@ -96,7 +97,10 @@ if triton is not None:
         r = tl.arange(0, R_PAD)
         cols = block * BLOCK_N + tl.arange(0, BLOCK_N)
         c_mask = cols < n
-        t = tl.load(t_ptr + (slot * rows + row) * R_PAD + r)
+        sp = tl.arange(0, SPLITS_PAD)
+        parts = tl.load(t_ptr + ((sp[:, None] * slots + slot) * rows + row) * R_PAD + r[None, :],
+                        mask=(sp < SPLITS)[:, None], other=0.0)
+        t = tl.sum(parts, axis=0)
         bt = tl.load(b_ptr + expert * stride_be + r[:, None] * stride_br + cols[None, :] * stride_bn,
                      mask=(r < R)[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
         y = tl.load(y_ptr + row * n + cols, mask=c_mask, other=0.0).to(tl.float32)
@@ -152,18 +156,20 @@ def _triton_rows(x, ys, a, b, scaling, row_expert):
     if rows == 0:
         return outs
     x = x.contiguous()
-    t = torch.empty(slots, rows, r_pad, dtype=torch.float32, device=x.device)
+    splits = triton.cdiv(k, block_k)
+    t = torch.empty(splits, slots, rows, r_pad, dtype=torch.float32, device=x.device)
     expert = row_expert if row_expert is not None else t  # unread without HAS_EXPERT
     has_expert = row_expert is not None
     pad = lambda items: list(items) + [items[0]] * (MAX_SLOTS - slots)  # noqa: E731 - unused slots: slot 0's
     a3, b3, y3, o3, s3 = pad(a), pad(b), pad(ys), pad(outs), pad([float(s) for s in scaling])
     n3 = [y.shape[1] for y in y3]
     nb = [triton.cdiv(n, block_n) for n in n3]
-    _lora_t_kernel[(rows, slots)](x, *a3, t, expert, rows, x.stride(0), a[0].stride(0), a[0].stride(1),
-                                  a[0].stride(2), K=k, R=rank, R_PAD=r_pad, BLOCK_K=block_k, HAS_EXPERT=has_expert,
-                                  num_warps=4)
-    _lora_b_kernel[(rows, sum(nb[:slots]))](t, *b3, *y3, *o3, expert, *s3, *n3, rows, b[0].stride(0),
-                                            b[0].stride(1), b[0].stride(2), R=rank, R_PAD=r_pad, BLOCK_N=block_n,
+    _lora_t_kernel[(rows, slots, splits)](x, *a3, t, expert, rows, slots, x.stride(0), a[0].stride(0),
+                                          a[0].stride(1), a[0].stride(2), K=k, R=rank, R_PAD=r_pad, BLOCK_K=block_k,
+                                          HAS_EXPERT=has_expert, num_warps=4)
+    _lora_b_kernel[(rows, sum(nb[:slots]))](t, *b3, *y3, *o3, expert, *s3, *n3, rows, slots, b[0].stride(0),
+                                            b[0].stride(1), b[0].stride(2), R=rank, R_PAD=r_pad, SPLITS=splits,
+                                            SPLITS_PAD=max(2, triton.next_power_of_2(splits)), BLOCK_N=block_n,
                                             NB0=nb[0], NB1=nb[1], HAS_EXPERT=has_expert, num_warps=4)
     return outs
 
