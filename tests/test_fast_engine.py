@@ -208,20 +208,27 @@ def test_lora_adapters_change_the_engine_as_they_change_hf():
     assert (logits - engine_base).abs().max().item() > 1e-2  # the adapter matters
 
 
-def test_lora_on_the_experts_target_parameters_is_seen_by_the_engine():
-    """peft's target_parameters wraps mlp.experts in ParamWrappers (nested, one per parameter): the engine must
-    apply their deltas (GRPO's optional expert LoRA), as the peft forward does, prefill and decode."""
+def with_expert_lora(model: GptOssForCausalLM, target_modules: list[str]):
+    """`model` under peft LoRA r4 on `target_modules` and on both expert parameters (target_parameters), the B
+    factors random (at init they are zero, and the adapter would not show), in eval mode."""
     peft = pytest.importorskip("peft")
-    model = tiny_model(window=16, seed=3)
-    batch = prompts([12, 30], seed=13)
-    engine_base = FastGptOss(model, max_batch_size=2, max_seq_len=40).logits(batch)
-    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"],
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=target_modules,
                              target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])
     wrapped = peft.get_peft_model(model, config).eval()
     with torch.no_grad():
         for name, param in wrapped.named_parameters():
             if "lora_B" in name:
                 param.normal_(0.0, 0.5)
+    return wrapped
+
+
+def test_lora_on_the_experts_target_parameters_is_seen_by_the_engine():
+    """peft's target_parameters wraps mlp.experts in ParamWrappers (nested, one per parameter): the engine must
+    apply their deltas (GRPO's optional expert LoRA), as the peft forward does, prefill and decode."""
+    model = tiny_model(window=16, seed=3)
+    batch = prompts([12, 30], seed=13)
+    engine_base = FastGptOss(model, max_batch_size=2, max_seq_len=40).logits(batch)
+    wrapped = with_expert_lora(model, ["q_proj"])
     engine = FastGptOss(wrapped, max_batch_size=2, max_seq_len=40)
     logits = assert_engine_matches(engine, wrapped, batch, prompts([6, 6], seed=14))
     assert (logits - engine_base).abs().max().item() > 1e-2  # the adapter matters

@@ -177,16 +177,9 @@ def test_disabled_merged_or_dropout_in_training_is_left_to_peft(on_triton):
 def test_engine_decode_through_the_op_equals_peft(on_triton):
     """The engine on peft attention LoRA and peft expert LoRA (target_parameters), with the op taken where a GPU
     takes it: prefill and decode logits equal the peft model's forward."""
-    from tests.test_fast_engine import assert_engine_matches, prompts, tiny_model
+    from tests.test_fast_engine import assert_engine_matches, prompts, tiny_model, with_expert_lora
 
-    model = tiny_model(window=16, seed=5)
-    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                             target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])
-    model = peft.get_peft_model(model, config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.5)
+    model = with_expert_lora(tiny_model(window=16, seed=5), ["q_proj", "k_proj", "v_proj", "o_proj"])
     engine = FastGptOss(model, max_batch_size=2, max_seq_len=40)
     assert_engine_matches(engine, model, prompts([12, 20], seed=15), prompts([5, 5], seed=16))
     assert 3 in on_triton and 1 in on_triton  # q/k/v together, o and the experts alone

@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - CPU installs
 # Above this many rows (prefill, training) the products' tensor-core GEMMs win over one program per row.
 LORA_ROWS_MAX = 512
 MAX_SLOTS = 3  # adapters sharing one input per launch (q, k, v)
-_ELEMENTS = 2048  # per program and loop step: BLOCK_K x R_PAD (first launch), R_PAD x BLOCK_N (second)
+_ELEMENTS = 2048  # per program: BLOCK_K x R_PAD (first launch), R_PAD x BLOCK_N (second)
 
 
 if triton is not None:
